@@ -26,6 +26,11 @@ This file is the only place that imports metaflow; each step hands plain data to
 import os
 import sys
 
+# Metaflow refuses to run without a (non-root) user name, which is the norm in containers; fall
+# back to a neutral one instead of failing the first run. An explicit METAFLOW_USER always wins.
+if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")):
+    os.environ["METAFLOW_USER"] = "sso"
+
 from metaflow import Config, FlowSpec, Parameter, config_expr, current, package_sources, resources, retry, step
 
 # Make `sso` and `steps` importable when the flow runs from a source checkout (locally, and on

@@ -1,0 +1,41 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11, pip):
+#   make demo   create .venv, install sso-flow, run the default flow (tiny model, CPU, offline)
+#   make test   create .venv, install sso-flow with test extras, run the whole test suite
+# Either order works; each target installs what it needs (stamp files make re-runs cheap).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+# Metaflow refuses to run as root or without a user name; give it one unless the caller did.
+export METAFLOW_USER ?= $(or $(filter-out root,$(USER)),sso)
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test venv venv-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned and installed first: on CPU machines pip takes the local CPU wheel when one is
+# configured, never an unpinned multi-GB CUDA build.
+$(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-base
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.stamp-base
+venv-test: $(VENV)/.stamp-test
+
+demo: venv
+	$(BIN)/python flows/sso_flow.py run
+
+test: venv-test
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .metaflow out
