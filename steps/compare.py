@@ -26,7 +26,7 @@ def compare(arm_results: list[dict], arm_order: list[str] | None = None) -> pd.D
             "arm": r["arm"], "n_pairs": r["n_pairs"],
             "final_loss": train.get("final_loss", math.nan),
             "train_accuracy": train.get("accuracy", math.nan),
-            "on_policyness": train.get("on_policyness", math.nan),
+            "on_policyness": _on_policyness(train),
             **{k: metrics.get(k, math.nan) for k in (
                 "win_rate", "win_rate_ci_low", "win_rate_ci_high", "wins", "losses", "ties",
                 "unparsable", "n_eval", "mean_answer_len", "base_mean_answer_len", "pref_accuracy")},
@@ -39,6 +39,13 @@ def compare(arm_results: list[dict], arm_order: list[str] | None = None) -> pd.D
         rank = {a: i for i, a in enumerate(arm_order)}
         table = table.sort_values("arm", key=lambda s: s.map(rank)).reset_index(drop=True)
     return table
+
+
+def _on_policyness(summary: dict) -> float:
+    """Mean per-token probability of the arm's chosen and rejected responses under the initial
+    policy (plain prompt), as measured by the trainer's reference pass."""
+    values = [summary[k] for k in ("onpolicy_chosen", "onpolicy_rejected") if k in summary]
+    return sum(values) / len(values) if values else math.nan
 
 
 def format_summary(results: pd.DataFrame) -> str:
