@@ -1,0 +1,117 @@
+"""Batching and log-prob scoring on the tiny model: masks, truncation, padding, one forward pass."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from sso.chat import encode_prompt, encode_response, render_prompt
+from sso.scoring import build_batch, score_responses, sequence_logps, truncate_pair
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_tokenizer):
+    return [render_prompt(tiny_tokenizer, "How does a for loop work?", "Be concise."),
+            render_prompt(tiny_tokenizer, "Explain dictionaries."),
+            render_prompt(tiny_tokenizer, "What is a generator expression in Python, in a few words?")]
+
+
+RESPONSES = ["It repeats a block for each item.", "A dict maps keys to values.", "A lazy list."]
+
+
+def _manual_logps(model, prompt_ids, response_ids):
+    """Reference computation: full-vocabulary log-softmax over one unpadded sequence."""
+    ids = torch.tensor([prompt_ids + response_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float()                 # [T, V]
+    logp = torch.log_softmax(logits[:-1], dim=-1)                       # predicts tokens 1..T-1
+    targets = ids[0, 1:]
+    token_logps = logp[torch.arange(len(targets)), targets]
+    return token_logps[len(prompt_ids) - 1:].sum().item()               # response tokens only
+
+
+def test_build_batch_layout(tiny_tokenizer, prompts):
+    tok = tiny_tokenizer
+    batch = build_batch(tok, prompts, RESPONSES, max_length=512)
+    assert set(batch) == {"input_ids", "attention_mask", "loss_mask", "truncated"}
+    assert not batch["truncated"].any()
+    for i, (p, r) in enumerate(zip(prompts, RESPONSES)):
+        p_ids, r_ids = encode_prompt(tok, p), encode_response(tok, r)
+        n = len(p_ids) + len(r_ids)
+        assert batch["input_ids"][i, :n].tolist() == p_ids + r_ids           # concatenated ids
+        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
+        assert (batch["input_ids"][i, n:] == tok.pad_token_id).all()          # right padding
+        mask = batch["loss_mask"][i]
+        assert mask[: len(p_ids)].sum() == 0                                 # prompt masked out
+        assert mask.tolist()[len(p_ids): n] == [1] * len(r_ids)              # response + end-of-turn
+        assert mask.sum() == len(r_ids) and mask[n:].sum() == 0
+        assert batch["input_ids"][i, n - 1] == tok.eos_token_id               # last scored token: <|im_end|>
+
+
+def test_changing_the_query_moves_no_response_position(tiny_tokenizer):
+    tok = tiny_tokenizer
+    a = render_prompt(tok, "Tell me about lists.")
+    b = render_prompt(tok, "Tell me everything you know about Python lists and tuples, please.")
+    batch = build_batch(tok, [a, b], ["Lists hold items."] * 2, max_length=512)
+    resp_a = batch["input_ids"][0][batch["loss_mask"][0].bool()]
+    resp_b = batch["input_ids"][1][batch["loss_mask"][1].bool()]
+    assert resp_a.tolist() == resp_b.tolist() == encode_response(tok, "Lists hold items.")
+
+
+def test_truncation_cuts_response_right_then_prompt_left():
+    p, r = list(range(100, 110)), list(range(200, 220))                       # 10 + 20 tokens
+    assert truncate_pair(p, r, 40) == (p, r, False)
+    # response cut from the right down to what fits
+    assert truncate_pair(p, r, 25) == (p, r[:15], True)
+    # response keeps at least max_length // 4 tokens; the prompt loses its START
+    assert truncate_pair(p, r, 12) == (p[-9:], r[:3], True)
+    assert truncate_pair(p, [7], 4) == (p[-3:], [7], True)
+    with pytest.raises(ValueError, match="max_length"):
+        truncate_pair(p, r, 1)
+
+
+def test_build_batch_counts_truncations(tiny_tokenizer, prompts):
+    batch = build_batch(tiny_tokenizer, prompts, ["word " * 200, "short", "also short"], max_length=40)
+    assert batch["truncated"].tolist() == [True, False, False]
+    assert batch["input_ids"].shape[1] == 40
+    p_ids = encode_prompt(tiny_tokenizer, prompts[0])          # 32 tokens: the response keeps 40 // 4
+    assert batch["loss_mask"][0].sum() == max(40 // 4, 40 - len(p_ids))
+    kept_prompt = 40 - int(batch["loss_mask"][0].sum())
+    assert batch["input_ids"][0, :kept_prompt].tolist() == p_ids[len(p_ids) - kept_prompt:]
+
+
+def test_sequence_logps_matches_manual_and_ignores_padding(tiny_model, tiny_tokenizer, prompts):
+    tok = tiny_tokenizer
+    batch = build_batch(tok, prompts, RESPONSES, max_length=512)
+    with torch.no_grad():
+        logps, ntok = sequence_logps(tiny_model, batch)
+    assert logps.shape == (3,) and ntok.tolist() == [len(encode_response(tok, r)) for r in RESPONSES]
+    for i, (p, r) in enumerate(zip(prompts, RESPONSES)):
+        expected = _manual_logps(tiny_model, encode_prompt(tok, p), encode_response(tok, r))
+        assert logps[i].item() == pytest.approx(expected, abs=1e-4)
+        with torch.no_grad():                                                # alone, no padding
+            alone, _ = sequence_logps(tiny_model, build_batch(tok, [p], [r], max_length=512))
+        assert alone.item() == pytest.approx(logps[i].item(), abs=1e-4)
+
+
+def test_sequence_logps_is_differentiable(tiny_model_path, tiny_tokenizer, prompts):
+    from sso.models import load_model
+
+    model = load_model(tiny_model_path, dtype="float32", device="cpu")
+    logps, _ = sequence_logps(model, build_batch(tiny_tokenizer, prompts[:2], RESPONSES[:2], 512))
+    logps.sum().backward()
+    assert model.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_score_responses_dataframe_in_input_order(tiny_model, tiny_tokenizer, prompts):
+    tok = tiny_tokenizer
+    df = score_responses(tiny_model, tok, prompts, RESPONSES, max_length=512, batch_size=2)
+    assert isinstance(df, pd.DataFrame) and list(df.columns[:3]) == ["logp_sum", "n_tokens", "logp_mean"]
+    assert len(df) == 3 and not tiny_model.training
+    with torch.no_grad():
+        logps, ntok = sequence_logps(tiny_model, build_batch(tok, prompts, RESPONSES, 512))
+    assert df["logp_sum"].tolist() == pytest.approx(logps.tolist(), abs=1e-4)
+    assert df["n_tokens"].tolist() == ntok.long().tolist()
+    assert df["logp_mean"].tolist() == pytest.approx((logps / ntok).tolist(), abs=1e-5)
+    assert (df["logp_sum"] < 0).all()
