@@ -1,0 +1,250 @@
+"""The pairwise protocol: both orders per pair, caching, aggregation and metrics.
+
+Every comparison is a *pair* (instruction, candidate, other): the trained arm's answer vs the base
+policy's answer (kind ``win_rate``), or a training pair's chosen vs rejected (kind ``accuracy``).
+Each pair is judged twice: order 0 shows the candidate under label A, order 1 under label B.
+
+Aggregation per pair (MT-Bench's conservative rule):
+
+- both orders prefer the candidate -> ``win``; both prefer the other -> ``loss``;
+- the orders disagree (position bias) -> ``tie``;
+- either order unparsable -> ``unparsable``: counted and reported, never a win, loss or tie, and
+  left out of the rate's denominator.
+
+Rates count a tie as half a win (AlpacaEval's convention): ``rate = (wins + ties / 2) /
+(wins + losses + ties)``; ties are reported separately. A rate over zero scored pairs is NaN.
+The confidence interval is a seeded percentile bootstrap over the scored pairs' scores (1, 0.5, 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol as _Protocol
+
+from .cache import JudgeCache, compute_cache_key
+from .parse import decide_verdict
+from .prompts import LABELS, PROMPT_VERSION, render_judge_messages
+
+log = logging.getLogger("sso.judge")
+
+KINDS = ("win_rate", "accuracy")
+ROLES = {"win_rate": ("arm", "base"), "accuracy": ("chosen", "rejected")}
+OUTCOMES = ("win", "loss", "tie", "unparsable")
+_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """One judge call: a pair shown in one order."""
+
+    kind: str              # win_rate | accuracy
+    pair_index: int        # position of the pair within its kind
+    query_id: str
+    order: int             # 0: candidate under label A; 1: candidate under label B
+    instruction: str
+    candidate: str         # the arm's answer / the chosen reply
+    other: str             # the base answer / the rejected reply
+
+    @property
+    def candidate_label(self) -> str:
+        return LABELS[self.order]
+
+    @property
+    def output_a(self) -> str:
+        return self.candidate if self.order == 0 else self.other
+
+    @property
+    def output_b(self) -> str:
+        return self.other if self.order == 0 else self.candidate
+
+    def messages(self) -> list[dict[str, str]]:
+        return render_judge_messages(self.instruction, self.output_a, self.output_b)
+
+    def cache_key(self, judge_id: str) -> str:
+        return compute_cache_key(judge_id, PROMPT_VERSION, self.instruction, self.output_a, self.output_b)
+
+
+def build_requests(kind: str, pairs: Iterable[tuple[str, str, str, str]]) -> list[JudgeRequest]:
+    """Both orders for every ``(query_id, instruction, candidate, other)``, pair by pair."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown judgment kind {kind!r}; expected one of {KINDS}")
+    out = []
+    for i, (qid, instruction, candidate, other) in enumerate(pairs):
+        for order in (0, 1):
+            out.append(JudgeRequest(kind, i, str(qid), order, instruction, candidate, other))
+    return out
+
+
+class JudgeBackend(_Protocol):
+    """What the protocol needs from a judge (``transport.OpenAIJudge``, ``local.LocalJudge``)."""
+
+    judge_id: str
+
+    def complete_many(self, jobs: list[tuple[str, list[dict[str, str]]]],
+                      on_done: Callable[[str, dict[str, Any]], None]) -> None:
+        """Judge every ``(key, messages)``; call ``on_done(key, record)`` as each one finishes
+        (from any thread). Raise after the in-flight jobs end if the judge cannot go on."""
+
+    def usage(self) -> dict[str, Any]:
+        """requests, prompt_tokens, completion_tokens, est_cost_usd (and backend extras)."""
+
+
+def split_cached(requests: list[JudgeRequest], judge_id: str, cache: JudgeCache
+                 ) -> tuple[dict[str, dict], dict[str, list[dict[str, str]]]]:
+    """(cached records by key, messages of the distinct keys still to ask)."""
+    cached: dict[str, dict] = {}
+    todo: dict[str, list[dict[str, str]]] = {}
+    for req in requests:
+        key = req.cache_key(judge_id)
+        if key in cached or key in todo:
+            continue
+        record = cache.get(key)
+        if record is not None:
+            cached[key] = record
+        else:
+            todo[key] = req.messages()
+    return cached, todo
+
+
+def run_judgments(requests: list[JudgeRequest], backend: JudgeBackend, cache: JudgeCache, *,
+                  progress: bool = False, desc: str = "judge",
+                  before_start: Callable[[dict[str, list[dict[str, str]]]], None] | None = None,
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Judge every request, cached ones from the cache, the rest through ``backend``.
+
+    Each new raw output is written to the cache the moment it arrives, so a run that fails half
+    way keeps everything already answered. ``before_start(todo)`` (the budget guard) may raise
+    to refuse. Returns (one row per request, usage) where usage adds ``cache_hits``.
+    """
+    judge_id = backend.judge_id
+    cached, todo = split_cached(requests, judge_id, cache)
+    if before_start is not None:
+        before_start(todo)
+    fresh: dict[str, dict] = {}
+    lock = threading.Lock()
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=desc, unit="req", leave=False)
+
+    def on_done(key: str, record: dict[str, Any]) -> None:
+        cache.put(key, record)
+        with lock:
+            fresh[key] = record
+            if bar is not None:
+                bar.update(1)
+
+    try:
+        if todo:
+            backend.complete_many(list(todo.items()), on_done)
+    finally:
+        if bar is not None:
+            bar.close()
+    missing = [k for k in todo if k not in fresh]
+    if missing:
+        raise RuntimeError(f"judge backend returned without answering {len(missing)} of "
+                           f"{len(todo)} requests")
+    rows = []
+    seen_fresh: set[str] = set()
+    for req in requests:
+        key = req.cache_key(judge_id)
+        if key in fresh and key not in seen_fresh:
+            record, was_cached = fresh[key], False
+            seen_fresh.add(key)
+        else:  # from the cache, or a duplicate of a request answered earlier in this run
+            record, was_cached = cached.get(key) or fresh[key], True
+        rows.append(judgment_row(req, record, cached=was_cached, key=key, judge_id=judge_id))
+    usage = dict(backend.usage())
+    usage["cache_hits"] = sum(1 for r in rows if r["cached"])
+    return rows, usage
+
+
+def judgment_row(req: JudgeRequest, record: dict[str, Any], *, cached: bool, key: str,
+                 judge_id: str) -> dict[str, Any]:
+    """One judgments-table row: the request, the raw judge output and the verdict derived from it."""
+    label_lp = record.get("label_logprobs")
+    verdict, source = decide_verdict(record.get("text"), label_lp, forced=bool(record.get("forced")))
+    cand_role, other_role = ROLES[req.kind]
+    if verdict is None:
+        preferred = "unparsable"
+    else:
+        preferred = cand_role if verdict == req.candidate_label else other_role
+    lp = label_lp or {}
+    return {
+        "kind": req.kind,
+        "pair_index": req.pair_index,
+        "query_id": req.query_id,
+        "order": req.order,
+        "candidate_label": req.candidate_label,
+        "raw": record.get("text", ""),
+        "verdict": verdict,
+        "preferred": preferred,
+        "source": source,
+        "logprob_a": lp.get(LABELS[0], math.nan),
+        "logprob_b": lp.get(LABELS[1], math.nan),
+        "cached": cached,
+        "prompt_tokens": int(record.get("prompt_tokens") or 0),
+        "completion_tokens": int(record.get("completion_tokens") or 0),
+        "judge": judge_id,
+        "prompt_version": PROMPT_VERSION,
+        "cache_key": key,
+    }
+
+
+def compute_pair_outcome(candidate_wins: list[bool | None]) -> str:
+    """Outcome of one pair from its two orders (True: candidate preferred; None: unparsable)."""
+    if len(candidate_wins) != 2:
+        raise ValueError(f"a pair needs exactly two orders, got {len(candidate_wins)}")
+    if any(v is None for v in candidate_wins):
+        return "unparsable"
+    if all(candidate_wins):
+        return "win"
+    if not any(candidate_wins):
+        return "loss"
+    return "tie"
+
+
+def compute_pair_outcomes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (kind, pair_index) with its outcome, from the per-order judgment rows."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["kind"], row["pair_index"]), []).append(row)
+    out = []
+    for (kind, idx), group in sorted(groups.items(), key=lambda kv: (KINDS.index(kv[0][0]), kv[0][1])):
+        group = sorted(group, key=lambda r: r["order"])
+        cand_role = ROLES[kind][0]
+        wins = [None if r["preferred"] == "unparsable" else r["preferred"] == cand_role for r in group]
+        out.append({"kind": kind, "pair_index": idx, "query_id": group[0]["query_id"],
+                    "outcome": compute_pair_outcome(wins)})
+    return out
+
+
+def compute_rate(outcomes: list[str]) -> dict[str, Any]:
+    """Counts and the tie-as-half rate over the scored (parsable) pairs."""
+    counts = {k: sum(1 for o in outcomes if o == k) for k in OUTCOMES}
+    unknown = set(outcomes) - set(OUTCOMES)
+    if unknown:
+        raise ValueError(f"unknown pair outcomes: {sorted(unknown)}")
+    scored = counts["win"] + counts["loss"] + counts["tie"]
+    rate = (counts["win"] + 0.5 * counts["tie"]) / scored if scored else math.nan
+    return {**counts, "n": len(outcomes), "scored": scored, "rate": rate}
+
+
+def bootstrap_ci(outcomes: list[str], *, seed: int, n_boot: int = 2000,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Seeded percentile bootstrap CI of the tie-as-half rate (resampling scored pairs)."""
+    import numpy as np
+
+    scores = np.array([_SCORE[o] for o in outcomes if o in _SCORE], dtype=float)
+    if scores.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, scores.size, size=(n_boot, scores.size))
+    means = scores[idx].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
