@@ -64,9 +64,23 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PrinciplesConfig:
-    source: str = "catalogue"          # catalogue (model-written principles come later)
-    n_features: int = 2
+    source: str = "catalogue"          # catalogue | model (a principle model writes each pair)
+    n_features: int = 2                # catalogue (and catalogue fallback): features per query
     concision_prob: float = 0.2
+    # source = "model" (the published method; see sso/principle_writer.py)
+    model: str = ""                    # principle model: "" = the policy itself; a local dir / HF id;
+                                       #   with backend = "openai" the model name at the endpoint
+    backend: str = "auto"              # auto | transformers | vllm (local model) | openai (endpoint)
+    base_url: str = ""                 # openai backend: any OpenAI-compatible endpoint
+    api_key_env: str = "OPENAI_API_KEY"  # NAME of the env var holding the key, never the key
+    fallback: str = "catalogue"        # on empty/unparsable output: catalogue pair | generic pair
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 160
+    batch_size: int = 16               # local engines
+    max_concurrency: int = 8           # openai backend
+    max_retries: int = 5               # openai backend
+    timeout_s: float = 120.0           # openai backend, per request
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,14 @@ class SamplingConfig:
     plain_greedy: bool = False         # decode y_o (no principle) greedily, as the authors' code does
     batch_size: int = 16
     shards: int = 2                    # foreach fan-out of sample_responses / generate_preferences
+    shard_size: int = 0                # > 0: queries per shard (overrides `shards`); 0 = use `shards`
+    # vLLM engine options (backend = vllm); 0 / empty = the engine's default
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int = 0             # prompt + response tokens per sequence; 0 = the model's limit
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = False        # skip CUDA-graph capture (faster start, slower decode)
+    max_lora_rank: int = 0             # 0 = the adapter's rank rounded up to one vLLM accepts
+    kv_cache_gb: float = 0.0           # explicit KV-cache size; 0 = engine default (1 GiB on CPU)
 
 
 @dataclass(frozen=True)
@@ -222,6 +244,8 @@ _LORA_RULES = {
 }
 _RES_RULES = {"cpu": _POSITIVE, "memory": _POSITIVE, "gpu": _NONNEG, "timeout_minutes": _NONNEG}
 KNOWN_ARMS = ("sso", "pbaa")
+_KEY_ENV = (lambda v: v.replace("_", "").isalnum() and not v.startswith("sk-"),
+            "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key itself")
 
 _RULES: dict[str, dict[str, tuple]] = {
     "run": {"max_num_splits": _POSITIVE},
@@ -244,9 +268,20 @@ _RULES: dict[str, dict[str, tuple]] = {
         "max_query_chars": _POSITIVE,
     },
     "principles": {
-        "source": (lambda v: v in ("catalogue",), "must be one of: catalogue"),
+        "source": (lambda v: v in ("catalogue", "model"), "must be one of: catalogue, model"),
         "n_features": (lambda v: 1 <= v <= 7, "must be between 1 and 7"),
         "concision_prob": _PROB,
+        "backend": (lambda v: v in ("auto", "transformers", "vllm", "openai"),
+                    "must be one of: auto, transformers, vllm, openai"),
+        "api_key_env": _KEY_ENV,
+        "fallback": (lambda v: v in ("catalogue", "generic"), "must be one of: catalogue, generic"),
+        "temperature": _NONNEG,
+        "top_p": (lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
+        "max_new_tokens": _POSITIVE,
+        "batch_size": _POSITIVE,
+        "max_concurrency": _POSITIVE,
+        "max_retries": _NONNEG,
+        "timeout_s": _POSITIVE,
     },
     "sampling": {
         "backend": (lambda v: v in ("auto", "transformers", "vllm"),
@@ -256,6 +291,14 @@ _RULES: dict[str, dict[str, tuple]] = {
         "max_new_tokens": _POSITIVE,
         "batch_size": _POSITIVE,
         "shards": (lambda v: 1 <= v <= 100, "must be between 1 and 100 (Metaflow's foreach limit)"),
+        "shard_size": _NONNEG,
+        "gpu_memory_utilization": (lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
+        "max_model_len": _NONNEG,
+        "tensor_parallel_size": _POSITIVE,
+        "max_lora_rank": (lambda v: v in (0, 1, 8, 16, 32, 64, 128, 256, 320, 512),
+                          "must be 0 (from the adapter) or one of vLLM's ranks: "
+                          "1, 8, 16, 32, 64, 128, 256, 320, 512"),
+        "kv_cache_gb": _NONNEG,
     },
     "generator": _TRAIN_RULES,
     "generator.lora": _LORA_RULES,
@@ -364,6 +407,16 @@ def _cross_checks(cfg: SSOConfig) -> None:
     if cfg.sampling.shards > d.n_queries:
         raise ConfigError(
             f"[sampling] shards ({cfg.sampling.shards}) must be <= [data] n_queries ({d.n_queries})")
+    s = cfg.sampling
+    if s.shard_size and -(-d.n_queries // s.shard_size) > 100:
+        raise ConfigError(
+            f"[sampling] shard_size ({s.shard_size}) gives {-(-d.n_queries // s.shard_size)} shards "
+            f"for {d.n_queries} queries; at most 100 (Metaflow's foreach limit): raise shard_size")
+    p = cfg.principles
+    if p.source == "model" and p.backend == "openai" and not p.model.strip():
+        raise ConfigError("[principles] model must name the endpoint's model when backend = 'openai'")
+    if p.source == "model" and p.base_url and p.backend != "openai":
+        raise ConfigError("[principles] base_url is only used with backend = 'openai'")
     if cfg.judge.backend == "openai" and not cfg.judge.model.strip():
         raise ConfigError("[judge] model must be set when backend = 'openai'")
 
