@@ -119,7 +119,7 @@ def test_import_sso_judge_does_not_import_heavy_packages():
     import subprocess
     import sys
 
-    code = ("import sys, sso.judge.protocol, sso.judge.local, steps.judge;"
+    code = ("import sys, sso.judge.protocol, sso.judge.transport, sso.judge.local, steps.judge;"
             "bad=[m for m in ('openai','torch','transformers','metaflow') if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
