@@ -158,6 +158,11 @@ class JudgeConfig:
     max_cost_usd: float = 0.0          # budget guard; 0 = no limit
     accuracy_pairs: int = 200          # preference-data accuracy sample size per arm
     cache_dir: str = ""                # empty = ~/.cache/sso-flow/judge
+    # Metaflow @secrets sources for the judge step (e.g. "aws-secrets-manager.sso/judge", whose JSON
+    # holds {"OPENAI_API_KEY": "..."}): how the key reaches remote tasks. Empty = none (local runs
+    # read the variable from the launching shell). Never put the key itself here.
+    secrets: tuple[str, ...] = ()
+    secrets_role: str = ""             # IAM role for fetching them; empty = METAFLOW_DEFAULT_SECRETS_ROLE
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,11 @@ class StepResources:
     memory: int = 4096                 # MiB
     gpu: int = 0
     timeout_minutes: int = 0           # 0 = no @timeout
+    # Remote-only settings, applied when the step runs under @batch / @kubernetes (e.g. via
+    # `run --with batch`); empty/0 = the --with value or the Metaflow profile's default.
+    image: str = ""                    # container image for this step
+    queue: str = ""                    # AWS Batch job queue (ignored on Kubernetes)
+    shared_memory: int = 0             # MiB of /dev/shm (torch DataLoader / NCCL / vLLM); 0 = default
 
 
 @dataclass(frozen=True)
@@ -242,7 +252,9 @@ _LORA_RULES = {
     "dropout": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
     "target_modules": (lambda v: len(v) > 0, "must name at least one module"),
 }
-_RES_RULES = {"cpu": _POSITIVE, "memory": _POSITIVE, "gpu": _NONNEG, "timeout_minutes": _NONNEG}
+_NO_SPACE = (lambda v: v == v.strip() and " " not in v, "must not contain spaces")
+_RES_RULES = {"cpu": _POSITIVE, "memory": _POSITIVE, "gpu": _NONNEG, "timeout_minutes": _NONNEG,
+              "image": _NO_SPACE, "queue": _NO_SPACE, "shared_memory": _NONNEG}
 KNOWN_ARMS = ("sso", "pbaa")
 _KEY_ENV = (lambda v: v.replace("_", "").isalnum() and not v.startswith("sk-"),
             "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key itself")
@@ -321,6 +333,9 @@ _RULES: dict[str, dict[str, tuple]] = {
         "api_key_env": (lambda v: v.replace("_", "").isalnum() and not v.startswith("sk-"),
                         "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), "
                         "never the key itself"),
+        "secrets": (lambda v: all(x.strip() and " " not in x and not x.startswith("sk-") for x in v),
+                    "must be a list of secret source names such as 'aws-secrets-manager.sso/judge' "
+                    "(never the key itself)"),
     },
     "resources.default": _RES_RULES,
     "resources.sample": _RES_RULES,
