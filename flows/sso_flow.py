@@ -14,6 +14,7 @@ Steps:
     train_generator       the SSO data generator (LoRA, SSO loss)
     generate_preferences  [foreach shard] y+ | x+, y- | x- from the generator
     join_preferences      sso_pairs (prompt, chosen, rejected)
+    fan_out_arms          one branch per arm
     train_policy          [foreach arm: sso, pbaa] DPO/IPO from the initial policy
     generate_answers      the arm's policy answers the eval queries
     judge                 pairwise judge vs the base answers, both orders
@@ -180,6 +181,11 @@ class SSOFlow(FlowSpec):
         self.sso_pairs, self.preference_report = join_preferences(
             [i.shard_preferences for i in inputs], self.queries, self.principles)
         print(f"preferences: {self.preference_report}")
+        self.next(self.fan_out_arms)
+
+    @step
+    def fan_out_arms(self):
+        """One policy-training branch per arm (Metaflow: a join cannot also be a split)."""
         self.arms = list(self._cfg().policy.arms)
         self.next(self.train_policy, foreach="arms")
 
