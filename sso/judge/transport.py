@@ -219,7 +219,7 @@ class OpenAIJudge:
         if client is None:
             import openai
 
-            client = openai.OpenAI(api_key=self._secret, base_url=jcfg.base_url or None,
+            client = openai.OpenAI(api_key=self._secret, base_url=jcfg.base_url or DEFAULT_BASE_URL,
                                    timeout=jcfg.timeout_s, max_retries=jcfg.max_retries)
         self._client = client
         self._backoff_s = backoff_s
