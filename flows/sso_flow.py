@@ -32,7 +32,8 @@ import sys
 if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")):
     os.environ["METAFLOW_USER"] = "sso"
 
-from metaflow import Config, FlowSpec, Parameter, config_expr, current, package_sources, resources, retry, step
+from metaflow import Config, FlowSpec, Parameter, config_expr, current, package_sources, retry, step
+from sso_decorators import compute, compute_defaults, secrets_from_config  # config-driven @resources/@timeout/@secrets
 
 # Make `sso` and `steps` importable when the flow runs from a source checkout (locally, and on
 # remote tasks where @package_sources ships them next to this file's directory).
@@ -46,6 +47,7 @@ DEFAULT_CONFIG = os.path.join(_ROOT, "configs", "tiny.toml")
 FAIL_ENV = "SSO_FAIL_AT_STEP"   # test hook: name of a step that raises (exercises resume)
 
 
+@compute_defaults("cfg")   # [resources.default] for steps without @compute
 @package_sources(
     [(os.path.join(_ROOT, "sso"), "sso"), (os.path.join(_ROOT, "steps"), "steps")],
     suffixes=[".py", ".jsonl", ".json", ".toml", ".jinja"],
@@ -91,7 +93,7 @@ class SSOFlow(FlowSpec):
         print(f"model: {cfg.model.name} -> {self.model_path_at_start}")
         self.next(self.load_queries)
 
-    @resources(cpu=cfg.resources.default.cpu, memory=cfg.resources.default.memory)
+    @compute(resources=cfg.resources.default)
     @step
     def load_queries(self):
         """Queries and eval queries, with counts of everything skipped."""
@@ -116,8 +118,7 @@ class SSOFlow(FlowSpec):
         self.next(self.sample_responses, foreach="shards")
 
     @retry(times=1, minutes_between_retries=0)
-    @resources(cpu=cfg.resources.sample.cpu, memory=cfg.resources.sample.memory,
-               gpu=cfg.resources.sample.gpu)
+    @compute(resources=cfg.resources.sample)
     @step
     def sample_responses(self):
         """y+ | x+, y- | x-, y_o | x from the initial policy for one shard; base answers."""
@@ -143,8 +144,7 @@ class SSOFlow(FlowSpec):
         self.next(self.train_generator)
 
     @retry(times=1, minutes_between_retries=0)
-    @resources(cpu=cfg.resources.train.cpu, memory=cfg.resources.train.memory,
-               gpu=cfg.resources.train.gpu)
+    @compute(resources=cfg.resources.train)
     @step
     def train_generator(self):
         """Train the data generator with the SSO loss (LoRA)."""
@@ -158,8 +158,7 @@ class SSOFlow(FlowSpec):
         self.next(self.generate_preferences, foreach="pref_shards")
 
     @retry(times=1, minutes_between_retries=0)
-    @resources(cpu=cfg.resources.sample.cpu, memory=cfg.resources.sample.memory,
-               gpu=cfg.resources.sample.gpu)
+    @compute(resources=cfg.resources.sample)
     @step
     def generate_preferences(self):
         """y+ | x+ and y- | x- from the generator for one shard."""
@@ -190,8 +189,7 @@ class SSOFlow(FlowSpec):
         self.next(self.train_policy, foreach="arms")
 
     @retry(times=1, minutes_between_retries=0)
-    @resources(cpu=cfg.resources.train.cpu, memory=cfg.resources.train.memory,
-               gpu=cfg.resources.train.gpu)
+    @compute(resources=cfg.resources.train)
     @step
     def train_policy(self):
         """DPO/IPO from the initial policy on this arm's pairs."""
@@ -207,8 +205,7 @@ class SSOFlow(FlowSpec):
         self.next(self.generate_answers)
 
     @retry(times=1, minutes_between_retries=0)
-    @resources(cpu=cfg.resources.sample.cpu, memory=cfg.resources.sample.memory,
-               gpu=cfg.resources.sample.gpu)
+    @compute(resources=cfg.resources.sample)
     @step
     def generate_answers(self):
         """The arm's trained policy answers the eval queries."""
@@ -220,8 +217,8 @@ class SSOFlow(FlowSpec):
         self.next(self.judge)
 
     @retry(times=2, minutes_between_retries=0)
-    @resources(cpu=cfg.resources.judge.cpu, memory=cfg.resources.judge.memory,
-               gpu=cfg.resources.judge.gpu)
+    @secrets_from_config(judge=cfg.judge)
+    @compute(resources=cfg.resources.judge)
     @step
     def judge(self):
         """Pairwise judge: this arm vs the base answers (both orders); preference-data accuracy."""
