@@ -1,0 +1,96 @@
+"""join_samples / join_preferences: degenerate records are dropped *and counted*, order is kept."""
+
+import pandas as pd
+import pytest
+
+from steps.generate_preferences import join_preferences
+from steps.sample_responses import drop_reasons, join_samples, plan_shards
+
+
+def _queries(n, n_gen=None):
+    n_gen = n if n_gen is None else n_gen
+    return pd.DataFrame({"query_id": [f"q{i}" for i in range(n)], "prompt": [f"prompt {i}" for i in range(n)],
+                         "generator": [i < n_gen for i in range(n)]})
+
+
+def _principles(q):
+    return pd.DataFrame({"query_id": q.query_id, "good_principle": "G", "bad_principle": "B"})
+
+
+def _shard(ids, y_plus, y_minus, y_o):
+    n = len(ids)
+    samples = pd.DataFrame({"query_id": ids, "y_plus": y_plus, "y_minus": y_minus, "y_o": y_o,
+                            "y_plus_tokens": [3] * n, "y_minus_tokens": [4] * n, "y_o_tokens": [5] * n,
+                            "y_plus_finish": ["stop"] * n, "y_minus_finish": ["length"] * n,
+                            "y_o_finish": ["stop"] * n})
+    base = pd.DataFrame({"query_id": [], "prompt": [], "answer": []})
+    return {"samples": samples, "base_answers": base}
+
+
+@pytest.mark.parametrize("y_plus, y_minus, y_o, expected", [
+    ("a", "b", "c", []),
+    ("a", "a", "c", ["y_plus_equals_y_minus"]),
+    ("a", "b", "a", ["y_o_equals_principled"]),
+    ("a", "b", "b", ["y_o_equals_principled"]),
+    ("", "b", "c", ["empty_response"]),
+    ("a", "b", "  ", ["empty_response"]),
+    ("a", "b", None, []),
+    ("x", "x", "x", ["y_plus_equals_y_minus", "y_o_equals_principled"]),
+])
+def test_drop_reasons(y_plus, y_minus, y_o, expected):
+    assert drop_reasons(y_plus, y_minus, y_o) == expected
+
+
+def test_join_drops_and_counts_every_reason_in_query_order():
+    q = _queries(6, n_gen=5)
+    shards = [
+        _shard(["q0", "q1", "q2"], ["a", "same", "p"], ["b", "same", "m"], ["c", "o", "p"]),
+        _shard(["q3", "q4", "q5"], ["", "p4", "p5"], ["m3", "m4", "p5"], ["o3", "o4", None]),
+    ]
+    out = join_samples(shards, q, _principles(q))
+    rep = out["report"]
+    assert list(out["sso_triples"].query_id) == ["q0", "q4"]
+    assert list(out["pbaa_pairs"].query_id) == ["q0", "q2", "q4"]
+    assert rep["triples_dropped_y_plus_equals_y_minus"] == 1
+    assert rep["triples_dropped_y_o_equals_principled"] == 1
+    assert rep["triples_dropped_empty_response"] == 1
+    assert rep["pairs_dropped_y_plus_equals_y_minus"] == 2  # q1 and q5 (q5 is not a generator query)
+    assert rep["pairs_dropped_empty_response"] == 1
+    assert rep["n_sso_triples"] == 2 and rep["n_pbaa_pairs"] == 3
+    assert rep["truncated_principled"] == 6  # every y- hit the length limit
+    pairs = out["pbaa_pairs"]
+    assert list(pairs.chosen) == ["a", "p", "p4"] and list(pairs.rejected) == ["b", "m", "m4"]
+
+
+def test_join_refuses_missing_shard():
+    q = _queries(4)
+    shards = [_shard(["q0", "q1"], ["a", "b"], ["c", "d"], ["e", "f"])]
+    with pytest.raises(ValueError, match="joined 2 sampled queries but 4 were planned"):
+        join_samples(shards, q, _principles(q))
+
+
+def test_join_preferences_counts_and_keeps_order():
+    q = _queries(4)
+    fin = {"y_plus_finish": ["stop", "length"], "y_minus_finish": ["stop", "stop"]}
+    frames = [pd.DataFrame({"query_id": ["q2", "q3"], "y_plus": ["a", "x"], "y_minus": ["b", "x"], **fin}),
+              pd.DataFrame({"query_id": ["q0", "q1"], "y_plus": ["c", ""], "y_minus": ["d", "e"], **fin})]
+    pairs, report = join_preferences(frames, q, _principles(q))
+    assert list(pairs.query_id) == ["q0", "q2"]  # query order, not shard order
+    assert list(pairs.columns[:4]) == ["query_id", "prompt", "chosen", "rejected"]
+    assert report == {"n_queries": 4, "n_sso_pairs": 2, "n_shards": 2, "truncated_principled": 2,
+                      "pairs_dropped_y_plus_equals_y_minus": 1, "pairs_dropped_empty_response": 1}
+
+
+@pytest.mark.parametrize("n_q, n_e, n_shards, sizes", [
+    (10, 4, 3, [(4, 2), (3, 1), (3, 1)]),
+    (2, 5, 4, [(1, 3), (1, 2)]),   # never more shards than train queries; evals still all covered
+    (5, 0, 1, [(5, 0)]),
+])
+def test_plan_shards_is_contiguous_and_complete(n_q, n_e, n_shards, sizes):
+    q, e = _queries(n_q), _queries(n_e)
+    shards = plan_shards(q, e, n_shards)
+    assert [(len(s["query_ids"]), len(s["eval_ids"])) for s in shards] == sizes
+    assert sum((s["query_ids"] for s in shards), []) == list(q.query_id)
+    assert sum((s["eval_ids"] for s in shards), []) == list(e.query_id)
+    with pytest.raises(ValueError):
+        plan_shards(q, e, 0)
