@@ -2,9 +2,11 @@
 
 The trained generator (base model + its LoRA adapter) samples ``y+ | x+`` and ``y- | x-`` for every
 train query of the shard, with the same principles and sampling settings as the policy sampling.
-``join_preferences`` merges shards in query order and builds ``sso_pairs``: the DPO records
-``(prompt = plain query, chosen = y+, rejected = y-)`` (principles are kept as metadata columns,
-not in the prompt), dropping and counting degenerate pairs. No side effects.
+``join_preferences`` merges shards in query order (whatever order the shards arrive in) and
+builds ``sso_pairs``: the DPO records ``(prompt = plain query, chosen = y+, rejected = y-)``
+(principles are kept as metadata columns, not in the prompt), dropping and counting degenerate
+pairs; its report counts queries, pairs, shards, truncated answers and drops. The shard plan comes
+from ``plan_shards`` (``[sampling] shards`` or ``shard_size``). No side effects.
 """
 
 from __future__ import annotations
@@ -48,5 +50,8 @@ def join_preferences(shard_frames: list[pd.DataFrame], queries: pd.DataFrame,
     keep = [not rs for rs in reasons]
     pairs = table[keep].rename(columns={"y_plus": "chosen", "y_minus": "rejected"})[
         ["query_id", "prompt", "chosen", "rejected", "good_principle", "bad_principle"]]
-    report = {"n_queries": len(table), "n_sso_pairs": len(pairs), **counts}
+    report = {"n_queries": len(table), "n_sso_pairs": len(pairs), "n_shards": len(shard_frames),
+              "truncated_principled": int((pd.concat([table["y_plus_finish"], table["y_minus_finish"]])
+                                           == "length").sum()),
+              **counts}
     return pairs.reset_index(drop=True), report

@@ -17,15 +17,24 @@ import pandas as pd
 
 from sso.chat import render_prompt
 from sso.config import SSOConfig
-from sso.sampling import GenerationParams, Sampler, make_sampler
+from sso.sampling import GenerationParams, Sampler, choose_backend, make_sampler
 
 
-def plan_shards(queries: pd.DataFrame, eval_queries: pd.DataFrame | None, n_shards: int) -> list[dict]:
-    """Contiguous shards of query ids (and eval ids); at most ``n_shards``, none empty."""
+def plan_shards(queries: pd.DataFrame, eval_queries: pd.DataFrame | None, n_shards: int, *,
+                shard_size: int = 0) -> list[dict]:
+    """Contiguous shards of query ids (and eval ids); at most ``n_shards``, none empty.
+
+    ``shard_size > 0`` overrides ``n_shards``: ``ceil(len(queries) / shard_size)`` shards of
+    near-equal size, none larger than ``shard_size``. Eval ids are spread over the same shards.
+    """
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    if shard_size < 0:
+        raise ValueError(f"shard_size must be >= 0, got {shard_size}")
     q_ids = list(queries["query_id"])
     e_ids = list(eval_queries["query_id"]) if eval_queries is not None else []
+    if shard_size:
+        n_shards = max(1, -(-len(q_ids) // shard_size))
     n = max(1, min(n_shards, max(len(q_ids), 1)))
     shards = []
     for i in range(n):
@@ -52,6 +61,12 @@ def eval_params(cfg: SSOConfig) -> GenerationParams:
 
 
 def build_sampler(cfg: SSOConfig, model_path: str, adapter: dict[str, bytes] | None = None) -> Sampler:
+    """The configured sampling engine; vLLM gets the ``[sampling]`` engine options and run seed."""
+    if choose_backend(cfg.sampling.backend) == "vllm":
+        from sso.vllm_sampler import VLLMSampler, engine_options
+
+        return VLLMSampler(model_path, model_cfg=cfg.model, adapter=adapter,
+                           engine=engine_options(cfg.sampling), seed=cfg.run.seed)
     return make_sampler(cfg.sampling.backend, model_path, cfg.model, batch_size=cfg.sampling.batch_size,
                         adapter=adapter)
 
@@ -64,23 +79,29 @@ def sample_principled(sampler: Sampler, rows: pd.DataFrame, params: GenerationPa
     out = sampler.generate(prompts, params)
     n = len(rows)
     plus, minus = [c[0] for c in out[:n]], [c[0] for c in out[n:]]
-    return pd.DataFrame({
+    return _typed(pd.DataFrame({
         "query_id": list(rows["query_id"]),
         "y_plus": [c.text for c in plus], "y_minus": [c.text for c in minus],
         "y_plus_tokens": [c.n_tokens for c in plus], "y_minus_tokens": [c.n_tokens for c in minus],
         "y_plus_finish": [c.finish_reason for c in plus], "y_minus_finish": [c.finish_reason for c in minus],
-    })
+    }))
 
 
 def sample_plain(sampler: Sampler, rows: pd.DataFrame, params: GenerationParams) -> pd.DataFrame:
     """One answer per row to the plain prompt (no principle): query_id, prompt, answer, ..."""
     tok = sampler.tokenizer
     out = sampler.generate([render_prompt(tok, p) for p in rows["prompt"]], params)
-    return pd.DataFrame({
+    return _typed(pd.DataFrame({
         "query_id": list(rows["query_id"]), "prompt": list(rows["prompt"]),
         "answer": [c[0].text for c in out], "n_tokens": [c[0].n_tokens for c in out],
         "finish_reason": [c[0].finish_reason for c in out],
-    })
+    }))
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    """Fixed column dtypes, so that an empty shard's frame does not change dtypes in the join."""
+    kinds = {c: ("int64" if c.endswith("tokens") else "str") for c in df.columns if c != "query_id"}
+    return df.astype(kinds)
 
 
 def sample_responses(shard: dict, queries: pd.DataFrame, principles: pd.DataFrame,
