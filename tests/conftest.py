@@ -27,3 +27,14 @@ def tiny_model(tiny_model_path):
     from sso.models import load_model
 
     return load_model(tiny_model_path, dtype="float32", device="cpu")
+
+
+@pytest.fixture
+def torch_single_thread():
+    """Run a test on one intra-op thread (the tiny model gains nothing from more on a shared CPU)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,6 +17,8 @@ def prompts(tiny_tokenizer):
             render_prompt(tiny_tokenizer, "What is a generator expression in Python, in a few words?")]
 
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 RESPONSES = ["It repeats a block for each item.", "A dict maps keys to values.", "A lazy list."]
 
 

@@ -15,6 +15,8 @@ from sso.chat import render_prompt
 from sso.config import LoraConfig, ModelConfig, TrainConfig
 from sso.trainer import SSO_OBJECTIVE, TrainResult, build_schedule, optimizer_step, train_dpo, train_sso
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 MODEL_CFG = ModelConfig(name="sso-tiny", dtype="float32", device="cpu", max_length=128)
 
 #: The tiny-model generator settings that reach >= 0.9 pair accuracy on 32 random-text triples.
@@ -39,13 +41,13 @@ def triples(tiny_tokenizer) -> pd.DataFrame:
 
     rows = []
     for i in range(32):
-        query = words(5, 12)
+        query = words(3, 6)
         rows.append({
             "query_id": f"q{i}",
-            "x_plus": render_prompt(tiny_tokenizer, query, "Good principle: " + words(8, 16)),
-            "x_minus": render_prompt(tiny_tokenizer, query, "Bad principle: " + words(8, 16)),
+            "x_plus": render_prompt(tiny_tokenizer, query, "Good: " + words(2, 5)),
+            "x_minus": render_prompt(tiny_tokenizer, query, "Bad: " + words(2, 5)),
             "prompt_text": render_prompt(tiny_tokenizer, query),
-            "y_plus": words(8, 20), "y_minus": words(8, 20), "y_o": words(8, 20),
+            "y_plus": words(4, 10), "y_minus": words(4, 10), "y_o": words(4, 10),
         })
     return pd.DataFrame(rows)
 
@@ -95,7 +97,7 @@ def test_schedule_is_seeded_and_covers_each_epoch():
 
 
 def test_dpo_starts_at_ln2_and_reports(tiny_model_path, pairs):
-    res = train_dpo(tiny_model_path, pairs, cfg(max_steps=3), MODEL_CFG, seed=0, progress=False)
+    res = train_dpo(tiny_model_path, pairs, cfg(max_steps=3, batch_size=8), MODEL_CFG, seed=0, progress=False)
     assert isinstance(res, TrainResult)
     h = res.history
     assert list(h["step"]) == [1, 2, 3]
@@ -114,7 +116,7 @@ def test_dpo_starts_at_ln2_and_reports(tiny_model_path, pairs):
 
 def test_every_lora_parameter_moves_and_no_base_weight(tiny_model_path, triples):
     c = cfg(lora=LoraConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj")))
-    run, _ = trainer_mod._prepare(SSO_OBJECTIVE, tiny_model_path, triples, c, MODEL_CFG, 0, None)
+    run, _ = trainer_mod._prepare(SSO_OBJECTIVE, tiny_model_path, triples.iloc[:8], c, MODEL_CFG, 0, None)
     before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
     trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
@@ -164,6 +166,7 @@ def test_ipo_accumulation_and_checkpointing_options_run(tiny_model_path, triples
 
 
 def test_init_adapter_is_the_reference(tiny_model_path, pairs):
+    pairs = pairs.iloc[:16]
     first = train_dpo(tiny_model_path, pairs, cfg(max_steps=4, learning_rate=2e-2), MODEL_CFG, seed=0,
                       progress=False)
     again = train_dpo(tiny_model_path, pairs, cfg(max_steps=2), MODEL_CFG, seed=1,
@@ -174,6 +177,7 @@ def test_init_adapter_is_the_reference(tiny_model_path, pairs):
 
 
 def test_killed_run_resumes_with_identical_losses(tiny_model_path, pairs, tmp_path, monkeypatch):
+    pairs = pairs.iloc[:24]
     c = cfg(max_steps=6, checkpoint_every=2, batch_size=4, warmup_ratio=0.3,
             lora=LoraConfig(r=4, alpha=8, dropout=0.1))
     full = train_dpo(tiny_model_path, pairs, c, MODEL_CFG, seed=3, progress=False)
@@ -201,7 +205,7 @@ def test_killed_run_resumes_with_identical_losses(tiny_model_path, pairs, tmp_pa
     assert resumed.adapter == full.adapter
 
     with pytest.raises(ValueError, match="different run"):
-        train_dpo(tiny_model_path, pairs.iloc[:16], c, MODEL_CFG, seed=3, checkpoint_dir=str(ckpt))
+        train_dpo(tiny_model_path, pairs.iloc[:20], c, MODEL_CFG, seed=3, checkpoint_dir=str(ckpt))
 
 
 # ---------------------------------------------------------------------------------------------
