@@ -126,27 +126,31 @@ class TrainResult:
 
 def train_dpo(model_path: str, pairs, cfg: TrainConfig, model_cfg: ModelConfig, *, seed: int,
               checkpoint_dir: str | None = None, init_adapter: dict[str, bytes] | None = None,
-              progress: bool = True) -> TrainResult:
+              progress: bool = True, on_log: Callable[[dict], None] | None = None) -> TrainResult:
     """DPO (or IPO, ``cfg.loss``) with LoRA on ``pairs`` (columns prompt_text, chosen, rejected).
 
     ``prompt_text`` is the already-rendered chat prompt. The reference is the base model, or the
-    starting ``init_adapter`` frozen when one is given.
+    starting ``init_adapter`` frozen when one is given. ``on_log`` is called with a copy of each
+    history row as it is logged (live cards, external loggers).
     """
     return _train(DPO_OBJECTIVE, model_path, pairs, cfg, model_cfg, seed=seed,
-                  checkpoint_dir=checkpoint_dir, init_adapter=init_adapter, progress=progress)
+                  checkpoint_dir=checkpoint_dir, init_adapter=init_adapter, progress=progress,
+                  on_log=on_log)
 
 
 def train_sso(model_path: str, triples, cfg: TrainConfig, model_cfg: ModelConfig, *, seed: int,
               checkpoint_dir: str | None = None, init_adapter: dict[str, bytes] | None = None,
-              progress: bool = True) -> TrainResult:
+              progress: bool = True, on_log: Callable[[dict], None] | None = None) -> TrainResult:
     """SSO generator training (``L+ + lam * L-``) with LoRA on ``triples``.
 
     Columns: x_plus, x_minus (rendered prompts with the good/bad principle as system message),
     y_plus, y_minus, y_o. An optional ``prompt_text`` column (the plain rendered prompt) adds the
-    on-policyness of y+ and y- under the plain prompt to the summary.
+    on-policyness of y+ and y- under the plain prompt to the summary. ``on_log``: as in
+    :func:`train_dpo`.
     """
     return _train(SSO_OBJECTIVE, model_path, triples, cfg, model_cfg, seed=seed,
-                  checkpoint_dir=checkpoint_dir, init_adapter=init_adapter, progress=progress)
+                  checkpoint_dir=checkpoint_dir, init_adapter=init_adapter, progress=progress,
+                  on_log=on_log)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -443,15 +447,15 @@ def _history_row(step: int, steps_per_epoch: int, rec: dict[str, float], tok_s: 
 
 
 def _run_loop(run: _Run, opt, sched, schedule, state: dict, checkpoint_dir: str | None,
-              progress: bool) -> dict:
+              progress: bool, on_log: Callable[[dict], None] | None = None) -> dict:
     """Take the remaining optimizer steps, logging and checkpointing; returns the final state."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     cfg = run.cfg
     steps_per_epoch = math.ceil(math.ceil(len(run.encoded[0]) / cfg.batch_size) / cfg.grad_accum)
     run.model.train()
-    bar = tqdm(total=len(schedule), initial=state["step"], desc=f"train {run.objective.name}",
-               disable=not progress)
+    bar = progress_bar(len(schedule), f"train {run.objective.name}", unit="step",
+                       initial=state["step"], enabled=progress)
     t_log, tok_log = time.perf_counter(), 0
     for step in range(state["step"], len(schedule)):
         t0 = time.perf_counter()
@@ -466,7 +470,9 @@ def _run_loop(run: _Run, opt, sched, schedule, state: dict, checkpoint_dir: str 
             state["history"].append(_history_row(state["step"], steps_per_epoch, rec,
                                                  tok_log / max(now - t_log, 1e-9)))
             t_log, tok_log = now, 0
-            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", refresh=False)
+            if on_log is not None:
+                on_log(dict(state["history"][-1]))
         if checkpoint_dir and cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 \
                 and state["step"] < len(schedule):
             _checkpoint(run, opt, sched, state, checkpoint_dir)
@@ -499,7 +505,8 @@ def _prepare(objective: Objective, model_path, table, cfg, model_cfg, seed, init
 
 
 def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model_cfg: ModelConfig, *,
-           seed: int, checkpoint_dir: str | None, init_adapter, progress: bool) -> TrainResult:
+           seed: int, checkpoint_dir: str | None, init_adapter, progress: bool,
+           on_log: Callable[[dict], None] | None = None) -> TrainResult:
     import pandas as pd
 
     validate_table(table, objective, "pairs" if objective.name == "dpo" else "triples")
@@ -518,7 +525,7 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
         _restore(ckpt, run.model, opt, sched)
         state = {k: ckpt[k] for k in state}
         info["resumed_from_step"] = state["step"]
-    state = _run_loop(run, opt, sched, schedule, state, checkpoint_dir, progress)
+    state = _run_loop(run, opt, sched, schedule, state, checkpoint_dir, progress, on_log)
     history = pd.DataFrame(state["history"])
     summary = {
         "objective": objective.name, "loss_type": cfg.loss,
