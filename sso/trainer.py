@@ -42,6 +42,7 @@ from torch import Tensor
 from .adapters import read_adapter, write_adapter
 from .config import ModelConfig, TrainConfig
 from .losses import PairLogps, base_pair_loss, pair_metrics, sso_loss
+from .probe import compute_logits_probe
 from .scoring import Encoded, _pad_id, collate, encode_pairs, sequence_logps
 
 CHECKPOINT_PREFIX = "step-"
@@ -535,5 +536,6 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
         "tokens_per_s": state["tokens"] / max(state["seconds"], 1e-9),
         "steps_per_s": state["step"] / max(state["seconds"], 1e-9),
         **info, **_final_metrics(run, cfg.batch_size),
+        "logits_probe": compute_logits_probe(run.model),   # reload check for the exported adapter
     }
     return TrainResult(adapter=_export_adapter(run.model), history=history, summary=summary)
