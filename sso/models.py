@@ -70,6 +70,9 @@ def load_model(path: str, *, dtype: str = "float32", device: str = "auto", revis
                trust_remote_code: bool = False, adapter: str | None = None):
     """Load a causal LM (optionally with a peft adapter dir) in eval mode on the chosen device."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()   # "Loading weights" bars: noise in task logs
 
     dev = pick_device(device)
     kwargs = {"dtype": pick_dtype(dtype, dev), "trust_remote_code": trust_remote_code}

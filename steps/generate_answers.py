@@ -10,6 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from sso.config import SSOConfig
+from sso.progress import progress_bar
 from sso.sampling import Sampler
 
 from .sample_responses import build_sampler, eval_params, sample_plain
@@ -20,7 +21,8 @@ def generate_answers(eval_queries: pd.DataFrame, policy_adapter: dict[str, bytes
     own = sampler is None
     sampler = sampler or build_sampler(cfg, model_path, adapter=policy_adapter)
     try:
-        return sample_plain(sampler, eval_queries, eval_params(cfg))
+        with progress_bar(len(eval_queries), "answer eval queries", unit="prompt") as bar:
+            return sample_plain(sampler, eval_queries, eval_params(cfg), progress=bar)
     finally:
         if own:
             sampler.close()

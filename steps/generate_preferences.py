@@ -14,6 +14,7 @@ from __future__ import annotations
 import pandas as pd
 
 from sso.config import SSOConfig
+from sso.progress import progress_bar
 from sso.sampling import Sampler
 
 from .sample_responses import _rows, build_sampler, drop_reasons, sample_principled, sampling_params
@@ -28,7 +29,8 @@ def generate_preferences(shard: dict, queries: pd.DataFrame, principles: pd.Data
     own = sampler is None
     sampler = sampler or build_sampler(cfg, model_path, adapter=generator_adapter)
     try:
-        return sample_principled(sampler, rows, sampling_params(cfg))
+        with progress_bar(2 * len(rows), f"generate shard {shard.get('index', 0)}", unit="prompt") as bar:
+            return sample_principled(sampler, rows, sampling_params(cfg), progress=bar)
     finally:
         if own:
             sampler.close()

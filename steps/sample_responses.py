@@ -17,6 +17,7 @@ import pandas as pd
 
 from sso.chat import render_prompt
 from sso.config import SSOConfig
+from sso.progress import progress_bar
 from sso.sampling import GenerationParams, Sampler, choose_backend, make_sampler
 
 
@@ -71,12 +72,20 @@ def build_sampler(cfg: SSOConfig, model_path: str, adapter: dict[str, bytes] | N
                         adapter=adapter)
 
 
-def sample_principled(sampler: Sampler, rows: pd.DataFrame, params: GenerationParams) -> pd.DataFrame:
+def _generate(sampler: Sampler, prompts: list[str], params: GenerationParams, progress=None):
+    """``sampler.generate``, advancing ``progress`` (a :func:`sso.progress.progress_bar`) if given."""
+    if progress is None:
+        return sampler.generate(prompts, params)
+    return sampler.generate(prompts, params, progress=progress)
+
+
+def sample_principled(sampler: Sampler, rows: pd.DataFrame, params: GenerationParams,
+                      progress=None) -> pd.DataFrame:
     """``y+ | x+`` and ``y- | x-`` for each row (query_id, prompt, good_principle, bad_principle)."""
     tok = sampler.tokenizer
     prompts = [render_prompt(tok, r.prompt, r.good_principle) for r in rows.itertuples()]
     prompts += [render_prompt(tok, r.prompt, r.bad_principle) for r in rows.itertuples()]
-    out = sampler.generate(prompts, params)
+    out = _generate(sampler, prompts, params, progress)
     n = len(rows)
     plus, minus = [c[0] for c in out[:n]], [c[0] for c in out[n:]]
     return _typed(pd.DataFrame({
@@ -87,10 +96,11 @@ def sample_principled(sampler: Sampler, rows: pd.DataFrame, params: GenerationPa
     }))
 
 
-def sample_plain(sampler: Sampler, rows: pd.DataFrame, params: GenerationParams) -> pd.DataFrame:
+def sample_plain(sampler: Sampler, rows: pd.DataFrame, params: GenerationParams,
+                 progress=None) -> pd.DataFrame:
     """One answer per row to the plain prompt (no principle): query_id, prompt, answer, ..."""
     tok = sampler.tokenizer
-    out = sampler.generate([render_prompt(tok, p) for p in rows["prompt"]], params)
+    out = _generate(sampler, [render_prompt(tok, p) for p in rows["prompt"]], params, progress)
     return _typed(pd.DataFrame({
         "query_id": list(rows["query_id"]), "prompt": list(rows["prompt"]),
         "answer": [c[0].text for c in out], "n_tokens": [c[0].n_tokens for c in out],
@@ -116,15 +126,20 @@ def sample_responses(shard: dict, queries: pd.DataFrame, principles: pd.DataFram
         raise ValueError(f"no principle for query ids {missing[:5]} (of {len(missing)})")
     own = sampler is None
     sampler = sampler or build_sampler(cfg, model_path)
+    gen_rows = rows[rows["generator"]]
+    n_prompts = 2 * len(rows) + len(gen_rows) + len(shard["eval_ids"])
     try:
-        samples = sample_principled(sampler, rows, sampling_params(cfg))
-        gen_rows = rows[rows["generator"]]
-        plain = sample_plain(sampler, gen_rows, sampling_params(cfg, greedy=cfg.sampling.plain_greedy))
+        bar = progress_bar(n_prompts, f"sample shard {shard.get('index', 0)}", unit="prompt")
+        samples = sample_principled(sampler, rows, sampling_params(cfg), progress=bar)
+        plain = sample_plain(sampler, gen_rows, sampling_params(cfg, greedy=cfg.sampling.plain_greedy),
+                             progress=bar)
         samples = samples.merge(
             plain[["query_id", "answer", "n_tokens", "finish_reason"]].rename(columns={
                 "answer": "y_o", "n_tokens": "y_o_tokens", "finish_reason": "y_o_finish"}),
             on="query_id", how="left")
-        base = sample_plain(sampler, _rows(eval_queries, shard["eval_ids"]), eval_params(cfg))
+        base = sample_plain(sampler, _rows(eval_queries, shard["eval_ids"]), eval_params(cfg),
+                            progress=bar)
+        bar.close()
     finally:
         if own:
             sampler.close()

@@ -127,9 +127,9 @@ def run_judgments(requests: list[JudgeRequest], backend: JudgeBackend, cache: Ju
     lock = threading.Lock()
     bar = None
     if progress and todo:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        bar = tqdm(total=len(todo), desc=desc, unit="req", leave=False)
+        bar = progress_bar(len(todo), desc, unit="req")
 
     def on_done(key: str, record: dict[str, Any]) -> None:
         cache.put(key, record)
