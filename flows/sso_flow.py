@@ -108,13 +108,17 @@ class SSOFlow(FlowSpec):
     @step
     def generate_principles(self):
         """One good/bad principle pair per train query."""
-        from steps.generate_principles import generate_principles
+        from steps.generate_principles import generate_principles, principles_report
         from steps.sample_responses import plan_shards
 
         self._maybe_fail()
         cfg = self._cfg()
-        self.principles = generate_principles(self.queries, cfg.principles, seed=cfg.run.seed)
-        self.shards = plan_shards(self.queries, self.eval_queries, cfg.sampling.shards)
+        self.principles = generate_principles(self.queries, cfg.principles, seed=cfg.run.seed,
+                                              model_path=self._model_path(), model_cfg=cfg.model)
+        self.principles_report = principles_report(self.principles)
+        print(f"principles: {self.principles_report}")
+        self.shards = plan_shards(self.queries, self.eval_queries, cfg.sampling.shards,
+                                  shard_size=cfg.sampling.shard_size)
         self.next(self.sample_responses, foreach="shards")
 
     @retry(times=1, minutes_between_retries=0)
