@@ -119,3 +119,17 @@ def test_plan_shards_rejects_bad_arguments():
         plan_shards(_frame(3), None, 0)
     with pytest.raises(ValueError, match="shard_size must be >= 0"):
         plan_shards(_frame(3), None, 1, shard_size=-1)
+
+
+@pytest.mark.parametrize("path, n_shards", [("configs/qwen2.5-0.5b-gpu.toml", 1), ("configs/paper.toml", 30)])
+def test_shipped_sampling_configs_parse_and_plan(path, n_shards):
+    from pathlib import Path
+
+    from sso.config import load_config
+
+    cfg = load_config(str(Path(__file__).resolve().parents[2] / path))
+    assert cfg.sampling.backend == "vllm" and cfg.principles.source == "model"
+    queries = _frame(cfg.data.n_queries)
+    shards = plan_shards(queries, None, cfg.sampling.shards, shard_size=cfg.sampling.shard_size)
+    assert len(shards) == n_shards
+    assert sum(len(s["query_ids"]) for s in shards) == cfg.data.n_queries
