@@ -5,6 +5,10 @@ import math
 
 import pandas as pd
 import pytest
+# Import the ML stack before metaflow's Runner/Client touch anything: once metaflow has loaded a
+# flow in-process, a first import of torch.distributed can pick up metaflow's vendored
+# typing_extensions and fail.
+from peft import PeftConfig
 from safetensors.torch import load as load_safetensors
 
 FLOW = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "flows" / "sso_flow.py")
@@ -90,8 +94,6 @@ def test_results_one_row_per_arm(default_run):
 
 
 def test_summary_printed_and_files_exported(default_run):
-    from peft import PeftConfig
-
     run, _, stdout = default_run
     assert "win_rate" in stdout and "sso" in stdout and "pbaa" in stdout
     exported = run.data.exported
