@@ -4,7 +4,7 @@ Inputs: ``sso_triples`` (query_id, prompt, good_principle, bad_principle, y_plus
 the config and the resolved model path. Prompts x+ / x- are rendered with the model's own chat
 template (principle as system message), exactly as they were rendered for sampling.
 Outputs: (adapter files as bytes, history DataFrame, summary dict). Side effect: checkpoints in
-``checkpoint_dir`` when given.
+``checkpoint_dir`` when given. ``on_log`` gets each logged history row (live cards).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sso.models import load_tokenizer
 
 
 def train_generator(sso_triples: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
-                    checkpoint_dir: str | None = None, progress: bool = True):
+                    checkpoint_dir: str | None = None, progress: bool = True, on_log=None):
     from sso.trainer import train_sso
 
     if sso_triples.empty:
@@ -32,5 +32,5 @@ def train_generator(sso_triples: pd.DataFrame, cfg: SSOConfig, model_path: str, 
         "y_plus": sso_triples["y_plus"], "y_minus": sso_triples["y_minus"], "y_o": sso_triples["y_o"],
     })
     result = train_sso(model_path, triples, cfg.generator, cfg.model, seed=cfg.run.seed,
-                       checkpoint_dir=checkpoint_dir, progress=progress)
+                       checkpoint_dir=checkpoint_dir, progress=progress, on_log=on_log)
     return result.adapter, result.history, result.summary

@@ -3,7 +3,7 @@
 Inputs: the arm name, its preference pairs (query_id, prompt, chosen, rejected), the config and
 the resolved model path. The DPO prompt is the *plain* query rendered with the chat template (no
 principle). Outputs: (adapter files as bytes, history DataFrame, summary dict). Side effect:
-checkpoints in ``checkpoint_dir`` when given.
+checkpoints in ``checkpoint_dir`` when given. ``on_log`` gets each logged history row (live cards).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from sso.models import load_tokenizer
 
 
 def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
-                 checkpoint_dir: str | None = None, progress: bool = True):
+                 checkpoint_dir: str | None = None, progress: bool = True, on_log=None):
     from sso.trainer import train_dpo
 
     if pairs.empty:
@@ -29,5 +29,5 @@ def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str,
         "chosen": pairs["chosen"], "rejected": pairs["rejected"],
     })
     result = train_dpo(model_path, table, cfg.policy, cfg.model, seed=cfg.run.seed,
-                       checkpoint_dir=checkpoint_dir, progress=progress)
+                       checkpoint_dir=checkpoint_dir, progress=progress, on_log=on_log)
     return result.adapter, result.history, result.summary

@@ -1,0 +1,159 @@
+"""Metaflow side of the cards: turn :mod:`sso.cards` component specs into card components.
+
+The content of every card is built by plain functions in ``sso/cards.py`` (no metaflow there);
+this module only maps specs to ``metaflow.cards`` components, keeps a training card live while
+the trainer runs (:class:`LiveTrainingCard`, fed by the trainer's ``on_log`` callback), and reads
+a finished run's cards through the Client API (:func:`save_step_cards`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from metaflow.cards import Markdown, ProgressBar, Table, VegaChart
+
+REFRESH_ENV = "SSO_CARD_REFRESH_S"
+DEFAULT_REFRESH_S = 20.0   # each refresh starts a card-render process: keep it rare on small machines
+
+# (step, card id, what it shows): the cards of the flow, in DAG order.
+STEP_CARDS = (
+    ("join_samples", "samples", "counts, principle sources, example triples"),
+    ("train_generator", "training", "SSO generator: loss, per-pair margin/accuracy, LR, tokens/s"),
+    ("train_policy", "training", "DPO policy per arm: loss, margin/accuracy, LR, tokens/s"),
+    ("judge", "judge", "one arm vs base: outcomes, usage, example judgments with raw text"),
+    ("compare", "compare", "the arm table and charts, example judgments"),
+    ("end", "summary", "this page"),
+)
+
+
+def to_component(spec: dict):
+    """One ``sso.cards`` spec -> a Metaflow card component."""
+    kind = spec["type"]
+    if kind == "markdown":
+        return Markdown(spec["text"])
+    if kind == "table":
+        return Table(data=[[_cell(c) for c in row] for row in spec["rows"]] or [[]],
+                     headers=spec["headers"])
+    if kind == "vega":
+        return VegaChart(spec["spec"])
+    raise ValueError(f"unknown card component spec type {kind!r} (expected markdown, table or vega)")
+
+
+def _cell(value):
+    return value if isinstance(value, (str, int, float)) else str(value)
+
+
+def show(card, specs: list[dict]) -> None:
+    """Append the components of ``specs`` to ``card`` (``current.card[<id>]``)."""
+    for spec in specs:
+        card.append(to_component(spec))
+
+
+def refresh_interval() -> float:
+    raw = os.environ.get(REFRESH_ENV, "").strip()
+    return float(raw) if raw else DEFAULT_REFRESH_S
+
+
+class LiveTrainingCard:
+    """A training card that follows the trainer: pass the instance as ``on_log``.
+
+    It shows a status line, a progress bar and the curves, re-renders the charts from the rows
+    logged so far at most every ``interval`` seconds (``SSO_CARD_REFRESH_S``, default 20), and on
+    :meth:`finish` replaces itself by the final card (:func:`sso.cards.build_training_card`).
+    """
+
+    def __init__(self, card, title: str, total_steps: int | None = None, *,
+                 interval: float | None = None, clock: Callable[[], float] = time.monotonic):
+        from sso.cards import build_training_charts, build_training_status
+
+        self.card, self.title, self.total_steps = card, title, total_steps
+        self.interval = refresh_interval() if interval is None else interval
+        self.clock = clock
+        self.rows: list[dict] = []
+        self.refreshes = 0
+        self._last = clock()
+        self.status = Markdown(build_training_status(title, [], total_steps))
+        self.progress = ProgressBar(max=max(total_steps or 1, 1), label="optimizer steps", value=0)
+        self.charts = {s["name"]: VegaChart(s["spec"]) for s in build_training_charts([])}
+        for component in (self.status, self.progress, *self.charts.values()):
+            card.append(component)
+        self._refresh(force=True)
+
+    def __call__(self, row: dict) -> None:
+        self.rows.append(dict(row))
+        if self.clock() - self._last >= self.interval:
+            self.update()
+
+    def update(self) -> None:
+        """Push the rows logged so far into the components and refresh the card now."""
+        from sso.cards import build_training_charts, build_training_status
+
+        self.status.update(build_training_status(self.title, self.rows, self.total_steps))
+        self.progress.update(int(self.rows[-1]["step"]) if self.rows else 0)
+        for spec in build_training_charts(self.rows):
+            self.charts[spec["name"]].update(spec["spec"])
+        self._refresh()
+
+    def _refresh(self, force: bool = False) -> None:
+        self._last = self.clock()
+        self.refreshes += 1
+        self.card.refresh(force=force) if force else self.card.refresh()
+
+    def finish(self, history, summary: dict) -> None:
+        """Replace the live components by the final card."""
+        from sso.cards import build_training_card
+
+        self.card.clear()
+        show(self.card, build_training_card(self.title, history, summary, total_steps=self.total_steps))
+
+
+def save_step_cards(pathspec: str, out_dir: str) -> tuple[list[dict], dict[str, str]]:
+    """Write the HTML of every card of run ``pathspec`` (``Flow/run``) to ``out_dir/cards/``.
+
+    Returns (one dict per card: step, task, id, what, in DAG order; {"step/task": file}). Cards
+    not rendered yet (the calling step's own) are listed without a file.
+    """
+    from metaflow import Run
+    from metaflow.cards import get_cards
+
+    run = Run(pathspec, _namespace_check=False)
+    what = {(s, i): w for s, i, w in STEP_CARDS}
+    listed, files = [], {}
+    os.makedirs(os.path.join(out_dir, "cards"), exist_ok=True)
+    for step_name, card_id, _ in STEP_CARDS:
+        try:
+            step = run[step_name]
+        except KeyError:
+            continue
+        for task in sorted(step, key=lambda t: int(t.id)):
+            entry = {"step": step_name, "task": task.id, "id": card_id, "what": what[(step_name, card_id)]}
+            try:
+                cards = list(get_cards(task, id=card_id))
+            except Exception:   # noqa: BLE001 - a card that is not there yet is not an error here
+                cards = []
+            if cards:
+                path = os.path.join(out_dir, "cards", f"{step_name}-{task.id}.html")
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(cards[0].get())
+                files[f"{step_name}/{task.id}"] = os.path.abspath(path)
+            listed.append(entry)
+    return listed, files
+
+
+def live_training_card(card, title: str, n_examples: int, train_cfg, seed: int) -> LiveTrainingCard:
+    """A :class:`LiveTrainingCard` that knows how many optimizer steps the trainer will take."""
+    from sso.cards import planned_steps
+
+    return LiveTrainingCard(card, title, planned_steps(n_examples, train_cfg, seed))
+
+
+def save_step_cards_safely(pathspec: str, out_dir: str) -> tuple[list[dict], dict[str, str]]:
+    """:func:`save_step_cards`, but a run whose cards cannot be read (e.g. remote tasks with local
+    metadata) only loses the card copies: it prints why and returns nothing."""
+    try:
+        return save_step_cards(pathspec, out_dir)
+    except Exception as exc:   # noqa: BLE001 - exporting card copies is a convenience
+        print(f"cards not exported ({type(exc).__name__}: {exc}); use `card get` instead")
+        return [], {}
