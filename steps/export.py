@@ -1,7 +1,8 @@
 """Step ``end`` export: write a run's results to plain files anyone can load without Metaflow.
 
-Layout of ``out_dir``::
+Layout of ``out_dir`` (see :mod:`sso.export`, which also reads it back)::
 
+    manifest.json                      run, model, files with sha256, adapters with logits probes
     results.csv                        one row per arm
     preferences/<arm>.parquet|.jsonl   prompt / chosen / rejected (+ query_id, principles)
     adapters/generator/                peft adapter directory (PeftModel.from_pretrained)
@@ -12,29 +13,22 @@ Returns the dict of written paths (stored as the ``exported`` artifact).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pandas as pd
 
-from sso.adapters import write_adapter
+from sso.export import write_export
 
 
 def export_run(out_dir: str, *, results: pd.DataFrame, sso_pairs: pd.DataFrame,
                pbaa_pairs: pd.DataFrame, generator_adapter: dict[str, bytes] | None,
-               policy_adapters: dict[str, dict[str, bytes]]) -> dict[str, str]:
-    out = Path(out_dir)
-    (out / "preferences").mkdir(parents=True, exist_ok=True)
-    written: dict[str, str] = {}
-    results.to_csv(out / "results.csv", index=False)
-    written["results"] = str(out / "results.csv")
-    for arm, pairs in (("sso", sso_pairs), ("pbaa", pbaa_pairs)):
-        base = out / "preferences" / arm
-        pairs.to_parquet(f"{base}.parquet", index=False)
-        pairs.to_json(f"{base}.jsonl", orient="records", lines=True, force_ascii=False)
-        written[f"preferences_{arm}"] = f"{base}.parquet"
+               policy_adapters: dict[str, dict[str, bytes]],
+               generator_summary: dict | None = None, policy_summaries: dict[str, dict] | None = None,
+               run_info: dict | None = None) -> dict[str, str]:
+    adapters, probes = {}, {}
     if generator_adapter is not None:
-        written["adapter_generator"] = str(write_adapter(generator_adapter, out / "adapters" / "generator"))
+        adapters["generator"] = generator_adapter
+        probes["generator"] = (generator_summary or {}).get("logits_probe")
     for arm, files in policy_adapters.items():
-        written[f"adapter_policy_{arm}"] = str(write_adapter(files, out / "adapters" / f"policy-{arm}"))
-    return {k: os.path.abspath(v) for k, v in written.items()}
+        adapters[f"policy-{arm}"] = files
+        probes[f"policy-{arm}"] = (policy_summaries or {}).get(arm, {}).get("logits_probe")
+    return write_export(out_dir, results=results, preferences={"sso": sso_pairs, "pbaa": pbaa_pairs},
+                        adapters=adapters, probes=probes, run_info=run_info)
