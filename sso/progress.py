@@ -39,6 +39,24 @@ class _LineStream:
         self._target.flush()
 
 
+def _log_bar_class():
+    from tqdm import tqdm as plain_tqdm   # not tqdm.auto: that may pick a notebook widget
+
+    class LogBar(plain_tqdm):
+        """No second final line when the last refresh already showed the total."""
+
+        def close(self):
+            if not self.disable and self.total is not None and self.last_print_n == self.n == self.total:
+                self.leave = False
+            super().close()
+
+    return LogBar
+
+
+def _LogBar(**kwargs):  # noqa: N802 - a class built lazily (tqdm is imported only when used)
+    return _log_bar_class()(**kwargs)
+
+
 def _is_tty(stream) -> bool:
     try:
         return bool(stream.isatty())
@@ -73,9 +91,7 @@ def progress_bar(total: int | None, desc: str, *, unit: str = "it", initial: int
                     file=target, mininterval=TTY_INTERVAL_S if mininterval is None else mininterval,
                     dynamic_ncols=True)
     interval = log_interval() if mininterval is None else mininterval
-    from tqdm import tqdm as plain_tqdm   # tqdm.auto may pick the notebook widget
-
-    return plain_tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=not enabled,
+    return _LogBar(total=total, desc=desc, unit=unit, initial=initial, disable=not enabled,
                       file=_LineStream(target), mininterval=interval,
                       maxinterval=max(interval, 10.0), miniters=1, ascii=True, ncols=100,
                       leave=True, dynamic_ncols=False)
