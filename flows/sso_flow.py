@@ -32,8 +32,9 @@ import sys
 if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")):
     os.environ["METAFLOW_USER"] = "sso"
 
-from metaflow import Config, FlowSpec, Parameter, config_expr, current, package_sources, retry, step
+from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, package_sources, retry, step
 from sso_decorators import compute, compute_defaults, secrets_from_config  # config-driven @resources/@timeout/@secrets
+import sso_cards  # noqa: E402  (flows/sso_cards.py: sso.cards specs -> card components, live training card)
 
 # Make `sso` and `steps` importable when the flow runs from a source checkout (locally, and on
 # remote tasks where @package_sources ships them next to this file's directory).
@@ -134,9 +135,11 @@ class SSOFlow(FlowSpec):
                                               self.eval_queries, self._cfg(), self._model_path())
         self.next(self.join_samples)
 
+    @card(type="blank", id="samples")
     @step
     def join_samples(self, inputs):
         """Merge shards; drop and count degenerate records."""
+        from sso.cards import build_samples_card
         from steps.sample_responses import join_samples
 
         self.merge_artifacts(inputs, exclude=["shard", "shard_samples"])
@@ -145,18 +148,26 @@ class SSOFlow(FlowSpec):
         self.sso_triples, self.pbaa_pairs = out["sso_triples"], out["pbaa_pairs"]
         self.base_answers, self.sampling_report = out["base_answers"], out["report"]
         print(f"sampling: {self.sampling_report}")
+        sso_cards.show(current.card["samples"], build_samples_card(
+            self.sampling_report, self.sso_triples, self.pbaa_pairs, self.principles,
+            self.query_report, getattr(self, "principles_report", None)))
         self.next(self.train_generator)
 
     @retry(times=1, minutes_between_retries=0)
     @compute(resources=cfg.resources.train)
+    @card(type="blank", id="training")
     @step
     def train_generator(self):
         """Train the data generator with the SSO loss (LoRA)."""
         from steps.train_generator import train_generator
 
         self._maybe_fail()
+        cfg = self._cfg()
+        live = sso_cards.live_training_card(current.card["training"], "Generator (SSO loss)",
+                                            len(self.sso_triples), cfg.generator, cfg.run.seed)
         self.generator_adapter, self.generator_history, self.generator_summary = train_generator(
-            self.sso_triples, self._cfg(), self._model_path())
+            self.sso_triples, cfg, self._model_path(), on_log=live)
+        live.finish(self.generator_history, self.generator_summary)
         print(f"generator: {self.generator_summary}")
         self.pref_shards = [{**s, "eval_ids": []} for s in self.shards if s["query_ids"]]
         self.next(self.generate_preferences, foreach="pref_shards")
@@ -194,6 +205,7 @@ class SSOFlow(FlowSpec):
 
     @retry(times=1, minutes_between_retries=0)
     @compute(resources=cfg.resources.train)
+    @card(type="blank", id="training")
     @step
     def train_policy(self):
         """DPO/IPO from the initial policy on this arm's pairs."""
@@ -203,8 +215,12 @@ class SSOFlow(FlowSpec):
         self.arm = self.input
         pairs = {"sso": self.sso_pairs, "pbaa": self.pbaa_pairs}[self.arm]
         self.n_pairs = len(pairs)
+        cfg = self._cfg()
+        live = sso_cards.live_training_card(current.card["training"], f"Policy {self.arm} ({cfg.policy.loss})",
+                                            len(pairs), cfg.policy, cfg.run.seed)
         self.policy_adapter, self.policy_history, self.policy_summary = train_policy(
-            self.arm, pairs, self._cfg(), self._model_path())
+            self.arm, pairs, cfg, self._model_path(), on_log=live)
+        live.finish(self.policy_history, self.policy_summary)
         print(f"policy[{self.arm}]: {self.policy_summary}")
         self.next(self.generate_answers)
 
@@ -223,9 +239,11 @@ class SSOFlow(FlowSpec):
     @retry(times=2, minutes_between_retries=0)
     @secrets_from_config(judge=cfg.judge)
     @compute(resources=cfg.resources.judge)
+    @card(type="blank", id="judge")
     @step
     def judge(self):
         """Pairwise judge: this arm vs the base answers (both orders); preference-data accuracy."""
+        from sso.cards import build_judge_card
         from steps.judge import judge
 
         self._maybe_fail()
@@ -234,13 +252,17 @@ class SSOFlow(FlowSpec):
         self.judgments, self.judge_metrics, self.judge_usage = (
             out["judgments"], out["metrics"], out["usage"])
         print(f"judge[{self.arm}]: {self.judge_metrics}")
+        sso_cards.show(current.card["judge"], build_judge_card(
+            self.arm, self.judge_metrics, self.judge_usage, self.judgments, self.answers, self.base_answers))
         self.next(self.compare)
 
+    @card(type="blank", id="compare")
     @step
     def compare(self, inputs):
         """One results row per arm."""
         import pandas as pd
 
+        from sso.cards import build_compare_card
         from steps.compare import compare
 
         per_arm = ["arm", "n_pairs", "policy_adapter", "policy_history", "policy_summary", "answers",
@@ -256,11 +278,15 @@ class SSOFlow(FlowSpec):
         self.policy_summaries = {i.arm: i.policy_summary for i in inputs}
         self.arm_answers = pd.concat([i.answers.assign(arm=i.arm) for i in inputs], ignore_index=True)
         self.judgments = pd.concat([i.judgments.assign(arm=i.arm) for i in inputs], ignore_index=True)
+        sso_cards.show(current.card["compare"], build_compare_card(
+            self.results, self.judgments, self.arm_answers, self.base_answers))
         self.next(self.end)
 
+    @card(type="blank", id="summary")
     @step
     def end(self):
-        """Print the summary and export preference data, adapters and results."""
+        """Print the summary; export preference data, adapters, results and cards; summary card."""
+        from sso.cards import build_summary_card, render_next_steps
         from steps.compare import format_summary
         from steps.export import export_run
 
@@ -269,11 +295,21 @@ class SSOFlow(FlowSpec):
         out_dir = os.path.join(cfg.run.output_dir, f"{current.flow_name}-{current.run_id}")
         self.exported = export_run(out_dir, results=self.results, sso_pairs=self.sso_pairs,
                                    pbaa_pairs=self.pbaa_pairs, generator_adapter=self.generator_adapter,
-                                   policy_adapters=self.policy_adapters)
-        print("\n" + format_summary(self.results))
-        print(f"\nexported to {os.path.abspath(out_dir)}")
-        print("next: python flows/sso_flow.py card view ... | resume | "
-              "--config cfg configs/<name>.toml run")
+                                   policy_adapters=self.policy_adapters,
+                                   generator_summary=self.generator_summary,
+                                   policy_summaries=self.policy_summaries,
+                                   run_info={"flow": current.flow_name, "run_id": current.run_id,
+                                             "model": cfg.model.name, "config": self.run_config})
+        cards, card_files = sso_cards.save_step_cards_safely(f"{current.flow_name}/{current.run_id}", out_dir)
+        sso_cards.show(current.card["summary"], build_summary_card(
+            flow_name=current.flow_name, run_id=current.run_id, config=self.run_config,
+            results=self.results, sampling_report=self.sampling_report,
+            generator_summary=self.generator_summary, policy_summaries=self.policy_summaries,
+            step_cards=cards, exported=self.exported, card_files=card_files))
+        print("\n" + format_summary(self.results) + "\n")
+        print(render_next_steps(flow_file=os.path.relpath(os.path.abspath(__file__)), run_id=current.run_id,
+                                out_dir=os.path.abspath(out_dir), exported=self.exported,
+                                configs_dir=os.path.relpath(os.path.join(_ROOT, "configs")), step_cards=cards))
 
 
 if __name__ == "__main__":
