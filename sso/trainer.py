@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
@@ -44,6 +44,9 @@ from .config import ModelConfig, TrainConfig
 from .losses import PairLogps, base_pair_loss, pair_metrics, sso_loss
 from .probe import compute_logits_probe
 from .scoring import Encoded, _pad_id, collate, encode_pairs, sequence_logps
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -58,6 +61,7 @@ ObjectiveLoss = Callable[[Tensor, Tensor, Tensor, TrainConfig], tuple[Tensor, di
 class Objective:
     """What one training example is made of and how its log-probs become a loss.
 
+    ``columns``: required columns, each a non-empty string in every row.
     ``roles``: (name, prompt column, response column) of each sequence of an example, in the order
     the loss reads them. ``report_roles``: sequences scored once under the reference for the
     on-policyness report only. ``loss(policy [k, B], reference [k, B], n_tokens [k, B], cfg)``
@@ -66,7 +70,6 @@ class Objective:
 
     name: str
     columns: tuple[str, ...]
-    response_columns: tuple[str, ...]
     roles: tuple[tuple[str, str, str], ...]
     loss: ObjectiveLoss
     report_roles: tuple[tuple[str, str, str], ...] = ()
@@ -91,7 +94,6 @@ def _sso_objective_loss(pol: Tensor, ref: Tensor, ntok: Tensor, cfg: TrainConfig
 DPO_OBJECTIVE = Objective(
     name="dpo",
     columns=("prompt_text", "chosen", "rejected"),
-    response_columns=("prompt_text", "chosen", "rejected"),
     roles=(("chosen", "prompt_text", "chosen"), ("rejected", "prompt_text", "rejected")),
     loss=_dpo_objective_loss,
 )
@@ -99,7 +101,6 @@ DPO_OBJECTIVE = Objective(
 SSO_OBJECTIVE = Objective(
     name="sso",
     columns=("x_plus", "x_minus", "y_plus", "y_minus", "y_o"),
-    response_columns=("x_plus", "x_minus", "y_plus", "y_minus", "y_o"),
     roles=(("plus_chosen", "x_plus", "y_plus"), ("plus_rejected", "x_plus", "y_minus"),
            ("minus_chosen", "x_minus", "y_o"), ("minus_rejected", "x_minus", "y_plus")),
     loss=_sso_objective_loss,
@@ -116,7 +117,7 @@ class TrainResult:
     """Trained adapter (peft files as bytes), per-logged-step history, and run summary."""
 
     adapter: dict[str, bytes]
-    history: "object"            # pandas.DataFrame
+    history: "pd.DataFrame"
     summary: dict = field(default_factory=dict)
 
 
@@ -171,7 +172,7 @@ def validate_table(table, objective: Objective, name: str) -> None:
                          f"expected {', '.join(objective.columns)}, got {', '.join(map(str, table.columns))}")
     if len(table) == 0:
         raise ValueError(f"{name} is empty: no rows to train on")
-    for col in objective.response_columns:
+    for col in objective.columns:
         for pos, value in enumerate(table[col].tolist()):
             if not isinstance(value, str) or not value.strip():
                 qid = f" (query_id {table['query_id'].iloc[pos]})" if "query_id" in table.columns else ""
@@ -188,10 +189,13 @@ def _report_roles(objective: Objective, table) -> tuple[tuple[str, str, str], ..
     return objective.report_roles + extra
 
 
-def _fingerprint(objective: Objective, table, cfg: TrainConfig, seed: int) -> str:
-    """Identity of a run for checkpoint matching: objective, data, config and seed."""
+def _fingerprint(objective: Objective, table, cfg: TrainConfig, seed: int,
+                 init_adapter: dict[str, bytes] | None) -> str:
+    """Identity of a run for checkpoint matching: objective, data, config, seed, starting adapter."""
     h = hashlib.sha256()
     h.update(json.dumps([objective.name, seed, repr(cfg)]).encode())
+    for name in sorted(init_adapter or {}):
+        h.update(name.encode() + b"\x00" + init_adapter[name])
     for col in objective.columns:
         for value in table[col].tolist():
             h.update(value.encode("utf-8", "surrogatepass"))
@@ -246,22 +250,27 @@ def _device(model) -> torch.device:
 
 @torch.no_grad()
 def _score_all(model, encoded: list[list[Encoded]], max_length: int, pad_id: int,
-               batch_size: int) -> tuple[Tensor, Tensor, int]:
+               seqs_per_batch: int) -> tuple[Tensor, Tensor, int]:
     """Summed log-probs and token counts ``[k, N]`` of every sequence (model as it is, no grad),
-    and the number of sequences truncated to ``max_length``."""
+    and the number of sequences truncated to ``max_length``.
+
+    All k*N sequences are length-sorted and scored ``seqs_per_batch`` at a time (little padding,
+    bounded memory whatever the number of roles).
+    """
     k, n = len(encoded), len(encoded[0]) if encoded else 0
     logps, ntok = torch.zeros(k, n, dtype=torch.float32), torch.zeros(k, n, dtype=torch.float32)
+    flat = sorted(((r, i) for r in range(k) for i in range(n)), key=lambda ri: sum(map(len, encoded[ri[0]][ri[1]])))
     n_truncated = 0
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, n, batch_size):
-            idx = list(range(start, min(n, start + batch_size)))
-            batch = collate([role[i] for role in encoded for i in idx], max_length, pad_id)
+        for start in range(0, len(flat), seqs_per_batch):
+            rows, cols = zip(*flat[start: start + seqs_per_batch])
+            batch = collate([encoded[r][i] for r, i in zip(rows, cols)], max_length, pad_id)
             with _autocast(_device(model)):
                 s, c = sequence_logps(model, batch)
-            logps[:, idx] = s.float().cpu().view(k, len(idx))
-            ntok[:, idx] = c.float().cpu().view(k, len(idx))
+            logps[list(rows), list(cols)] = s.float().cpu()
+            ntok[list(rows), list(cols)] = c.float().cpu()
             n_truncated += int(batch["truncated"].sum())
     finally:
         model.train(was_training)
@@ -435,7 +444,7 @@ def optimizer_step(run: _Run, opt, sched, micro_batches: list[list[int]]) -> dic
 @torch.no_grad()
 def _final_metrics(run: _Run, batch_size: int) -> dict[str, float]:
     """Pair accuracies and margins on the whole training table, after training (eval mode)."""
-    logps, ntok, _ = _score_all(run.model, run.encoded, run.max_length, run.pad_id, batch_size)
+    logps, ntok, _ = _score_all(run.model, run.encoded, run.max_length, run.pad_id, 2 * batch_size)
     _, metrics = run.objective.loss(logps, run.ref_logps, ntok, run.cfg)
     return {k: float(v.float().mean()) for k, v in metrics.items() if k.endswith(("accuracy", "margin"))}
 
@@ -488,20 +497,28 @@ def _checkpoint(run: _Run, opt, sched, state: dict, checkpoint_dir: str) -> None
     save_checkpoint(checkpoint_dir, ckpt, run.model)
 
 
-def _prepare(objective: Objective, model_path, table, cfg, model_cfg, seed, init_adapter):
-    """Load the model, tokenise, and precompute reference log-probs (+ on-policyness)."""
+def _prepare(objective: Objective, model_path, table, cfg, model_cfg, seed, init_adapter,
+             ckpt: dict | None = None):
+    """Load the model, tokenise, and precompute reference log-probs (+ on-policyness).
+
+    When resuming, the reference log-probs and the report come from the checkpoint instead.
+    """
     model, tokenizer = _load_policy(model_path, cfg, model_cfg, seed, init_adapter)
+    k, pad_id = len(objective.roles), _pad_id(tokenizer)
+    if ckpt is not None:
+        encoded = _encode_roles(tokenizer, table, objective.roles)
+        run = _Run(model, objective, cfg, encoded, ckpt["ref_logps"], model_cfg.max_length, pad_id)
+        return run, {**ckpt["info"], "resumed_from_step": ckpt["step"]}
     report = _report_roles(objective, table)
     encoded = _encode_roles(tokenizer, table, objective.roles + report)
     t0 = time.perf_counter()
     with _reference_context(model, init_adapter is not None):
-        ref_logps, ntok, n_truncated = _score_all(model, encoded, model_cfg.max_length, _pad_id(tokenizer),
-                                     cfg.batch_size)
+        ref_logps, ntok, n_truncated = _score_all(model, encoded, model_cfg.max_length, pad_id,
+                                                  2 * cfg.batch_size)
     names = [r[0] for r in objective.roles + report]
     info = {**_onpolicyness(names, ref_logps, ntok), "reference_seconds": time.perf_counter() - t0,
             "truncated_sequences": n_truncated}
-    k = len(objective.roles)
-    run = _Run(model, objective, cfg, encoded[:k], ref_logps[:k], model_cfg.max_length, _pad_id(tokenizer))
+    run = _Run(model, objective, cfg, encoded[:k], ref_logps[:k], model_cfg.max_length, pad_id)
     return run, info
 
 
@@ -512,20 +529,19 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
 
     validate_table(table, objective, "pairs" if objective.name == "dpo" else "triples")
     table = table.reset_index(drop=True)
-    fingerprint = _fingerprint(objective, table, cfg, seed)
+    fingerprint = _fingerprint(objective, table, cfg, seed, init_adapter)
     ckpt = load_checkpoint(checkpoint_dir)
     if ckpt is not None and ckpt["fingerprint"] != fingerprint:
         raise ValueError(f"checkpoint_dir {checkpoint_dir!r} holds a checkpoint of a different run "
                          "(data, config or seed differ); use an empty checkpoint_dir for a new run")
-    run, info = _prepare(objective, model_path, table, cfg, model_cfg, seed, init_adapter)
+    run, info = _prepare(objective, model_path, table, cfg, model_cfg, seed, init_adapter, ckpt)
     schedule = build_schedule(len(table), cfg, seed)
     opt, sched = _make_optimizer(run.model, cfg, len(schedule))
     state = {"step": 0, "seconds": 0.0, "tokens": 0, "examples_seen": 0, "history": [],
-             "fingerprint": fingerprint}
+             "fingerprint": fingerprint, "info": info}
     if ckpt is not None:
         _restore(ckpt, run.model, opt, sched)
-        state = {k: ckpt[k] for k in state}
-        info["resumed_from_step"] = state["step"]
+        state = {k: ckpt[k] for k in state if k != "info"} | {"info": info}
     state = _run_loop(run, opt, sched, schedule, state, checkpoint_dir, progress, on_log)
     history = pd.DataFrame(state["history"])
     summary = {

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 MODEL_CFG = ModelConfig(name="sso-tiny", dtype="float32", device="cpu", max_length=128)
 
 #: The tiny-model generator settings that reach >= 0.9 pair accuracy on 32 random-text triples.
-SSO_FIT = dict(learning_rate=5e-3, epochs=2, batch_size=8)
+SSO_FIT = dict(learning_rate=5e-3, epochs=3, batch_size=8)
 
 
 def cfg(**kw) -> TrainConfig:
