@@ -61,14 +61,16 @@ class compute(StepMutator):
                                        duplicates=mutable_step.IGNORE)
         for platform, keys in _PLATFORM_KEYS.items():
             wanted = {k: res[k] for k in keys if res.get(k)}
-            specs = mutable_step.get_decorator_specs(platform)
-            if not wanted or not specs:
+            if not wanted:
                 continue
-            _name, _fq, _args, kwargs = specs[0]
-            if all(kwargs.get(k) == v for k, v in wanted.items()):
-                continue
-            mutable_step.add_decorator(platform, deco_kwargs={**kwargs, **wanted},
-                                       duplicates=mutable_step.OVERRIDE)
+            # Update the existing decorator in place rather than replacing it (add_decorator with
+            # OVERRIDE): a replacement counts as "inserted by a mutator", and Metaflow does not
+            # forward those as --with to the task in the container, which then runs without its
+            # @batch (no AWS_BATCH_* metadata, no local-metadata sync: the run fails after the
+            # first job). MutableStep has no public handle on a decorator object, hence _my_step.
+            for deco in mutable_step._my_step.decorators:
+                if deco.name == platform:
+                    deco.attributes.update(wanted)
 
 
 class secrets_from_config(StepMutator):

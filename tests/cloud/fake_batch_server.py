@@ -82,6 +82,7 @@ def make_fake_run(workdir: str, port: int):
                 **control.get("extra_env", {}),
             }
             cmd = self._get_container_property("command", [])
+            started = time.monotonic()
             with open(os.path.join(workdir, "jobs", f"{self.job_id}.log"), "wb") as out:
                 proc = subprocess.Popen(cmd, env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -91,12 +92,14 @@ def make_fake_run(workdir: str, port: int):
                     time.sleep(0.1)
             record = {
                 "job_id": self.job_id, "job_name": self.job_name, "queue": self.job_queue.name,
+                "step": (self.parameters or {}).get("metaflow.step_name"),
                 "image": (self.job_definition.container_properties or {}).get("image"),
                 "resources": _requirements(self),
                 "timeout": self.timeout,
                 "linux": (self.job_definition.container_properties or {}).get("linuxParameters"),
                 "env_names": sorted(job_env),
                 "command": cmd, "exit_code": proc.returncode,
+                "seconds": round(time.monotonic() - started, 1),
             }
             # The whole job environment as Batch received it, so tests can prove what is *not* in it.
             record["env_blob"] = json.dumps(job_env, sort_keys=True)
