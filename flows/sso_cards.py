@@ -42,6 +42,8 @@ def to_component(spec: dict):
 
 
 def _cell(value):
+    if isinstance(value, dict) and "type" in value:
+        return to_component(value)       # e.g. a markdown link inside a table
     return value if isinstance(value, (str, int, float)) else str(value)
 
 

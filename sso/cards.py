@@ -6,6 +6,7 @@ components::
 
     {"type": "markdown", "text": "## ..."}
     {"type": "table", "headers": [...], "rows": [[cell, ...], ...]}     # cells: str / int / float
+                                                                        # or a markdown spec (links)
     {"type": "vega", "name": "loss", "spec": {...Vega-Lite v5...}}
 
 Every number shown comes from an artifact of the run (DESIGN: "every number shown in a card is also
@@ -70,9 +71,12 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, numbers.Integral):
         return str(int(value))
     try:
-        return f"{float(value):.{digits}f}"
+        x = float(value)
     except (TypeError, ValueError):
         return str(value)
+    if x != 0 and abs(x) < 0.5 * 10 ** -digits:   # small but not zero: significant digits
+        return f"{x:.{digits}g}"
+    return f"{x:.{digits}f}"
 
 
 def truncate(text: Any, limit: int = TEXT_LIMIT) -> str:
@@ -95,6 +99,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None
     return value
+
+
+def _text(value: Any, missing: str = "") -> str:
+    return missing if is_missing(value) or value == "" else str(value)
 
 
 def _kv_table(pairs: Iterable[tuple[str, Any]], headers=("what", "value")) -> dict:
@@ -365,9 +373,9 @@ def build_judgment_examples(judgments, answers=None, base_answers=None, *, n: in
                 rows.append([
                     "" if arm is None else str(arm), qid, truncate(prompts.get(qid, ""), limit),
                     truncate(arm_text.get((arm, qid), arm_text.get((None, qid), "")), limit),
-                    truncate(base_text.get(qid, ""), limit), str(j.get("order", "")),
-                    str(j.get("candidate_label", "")), str(j.get("verdict") or "none"),
-                    str(j.get("preferred", "")), truncate(j.get("raw", ""), raw_limit)])
+                    truncate(base_text.get(qid, ""), limit), _text(j.get("order")),
+                    _text(j.get("candidate_label")), _text(j.get("verdict"), "none"),
+                    _text(j.get("preferred")), truncate(j.get("raw", ""), raw_limit)])
     return [table(["arm", "query", "instruction", "arm answer", "base answer", "order",
                    "arm's label", "verdict", "preferred", "raw judge text"], rows)]
 
@@ -457,7 +465,7 @@ def build_summary_card(*, flow_name: str, run_id: str, config: dict, results, sa
     for c in step_cards:
         link = (card_files or {}).get(f"{c['step']}/{c.get('task', '')}") or \
             (card_files or {}).get(c["step"])
-        where = f"[{c['step']}]({_file_uri(link)})" if link else c["step"]
+        where = markdown(f"[{c['step']}]({_file_uri(link)})") if link else c["step"]
         rows.append([where, str(c.get("task", "")), str(c["id"]), c.get("what", "")])
     specs.append(table(["step", "task", "card id", "what it shows"], rows))
     if exported:
@@ -473,35 +481,35 @@ def _file_uri(path: str) -> str:
 
 
 def render_next_steps(*, flow_file: str, run_id: str, out_dir: str, exported: dict[str, str],
-                      configs_dir: str | None = None, step_cards: Sequence[dict] = ()) -> str:
+                      configs_dir: str | None = None, n_card_files: int = 0) -> str:
     """The end of a run's console output: what was produced and the next commands to try.
 
     ``configs_dir``: where the shipped configs are (one that is not the default is suggested).
+    Metaflow strips leading blanks from task output, so the lines start with ``-`` / ``$``.
     """
     import glob
     import os
 
-    out = str(out_dir)
     configs = sorted(glob.glob(os.path.join(configs_dir, "*.toml"))) if configs_dir else []
+    configs = [c for c in configs if not c.endswith("tiny.toml")]
     configs.sort(key=lambda c: not c.endswith("local-gpu.toml"))
     prefs = sorted(k.split("_", 1)[1] for k in exported if k.startswith("preferences_"))
     adapters = sorted(k.split("_", 1)[1].replace("_", "-") for k in exported if k.startswith("adapter_"))
-    lines = [f"Run {run_id} produced (in {out}):",
-             "  results.csv                 one row per arm: accuracy, on-policyness, win rate +- CI, ...",
-             f"  preferences/<arm>.parquet   prompt/chosen/rejected for arms {', '.join(prefs)} (+ .jsonl)",
-             f"  adapters/<name>/            peft LoRA adapters: {', '.join(adapters)}",
-             "  manifest.json               files, sha256, adapters' base model and logits probe"]
-    if step_cards:
-        lines.append(f"  cards/*.html                {len(step_cards)} step cards as self-contained HTML")
-    other = [c for c in configs if not c.endswith("tiny.toml")]
+    lines = [f"Run {run_id} produced, in {out_dir}:",
+             "- results.csv: one row per arm (pref. accuracy, on-policyness, win rate +- CI, ties, ...)",
+             f"- preferences/<arm>.parquet and .jsonl: prompt/chosen/rejected of arms {', '.join(prefs)}",
+             f"- adapters/<name>/: peft LoRA adapters {', '.join(adapters)}",
+             "- manifest.json: files with sha256; each adapter's base model and logits probe"]
+    if n_card_files:
+        lines.append(f"- cards/*.html: {n_card_files} step cards as self-contained HTML files")
+    f = flow_file
     lines += [
-        "",
         "Next:",
-        f"  python {flow_file} card view {run_id}/compare                      # the arm table in a browser",
-        f"  python {flow_file} card get {run_id}/compare --id compare compare.html   # as one HTML file",
-        f"  python {flow_file} card server                                     # cards live while a run trains",
-        f"  python {flow_file} resume                                          # re-run from the failed step",
-        f"  python {flow_file} --config cfg {other[0] if other else 'configs/<name>.toml'} run   # another config",
-        f"  python -m sso export {run_id} DIR                                   # export this run again",
+        f"$ python {f} card view {run_id}/compare    # the arm table and charts in a browser",
+        f"$ python {f} card get {run_id}/compare --id compare compare.html    # the same as one HTML file",
+        f"$ python {f} card server    # a local viewer; training cards update live",
+        f"$ python {f} resume    # after a failure: re-runs from the failed step, reuses the rest",
+        f"$ python {f} --config cfg {configs[0] if configs else 'configs/<name>.toml'} run    # another config",
+        f"$ python -m sso export {run_id} DIR    # export this run again (any past run)",
     ]
     return "\n".join(lines)
