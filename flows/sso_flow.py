@@ -309,7 +309,7 @@ class SSOFlow(FlowSpec):
         print("\n" + format_summary(self.results) + "\n")
         print(render_next_steps(flow_file=os.path.relpath(os.path.abspath(__file__)), run_id=current.run_id,
                                 out_dir=os.path.abspath(out_dir), exported=self.exported,
-                                configs_dir=os.path.relpath(os.path.join(_ROOT, "configs")), step_cards=cards))
+                                configs_dir=os.path.relpath(os.path.join(_ROOT, "configs")), n_card_files=len(card_files)))
 
 
 if __name__ == "__main__":
