@@ -120,6 +120,11 @@ class VLLMSampler:
             kwargs["kv_cache_memory_bytes"] = int(opts["kv_cache_gb"] * _GiB)
         elif _on_cpu() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             kwargs["kv_cache_memory_bytes"] = _GiB
+        if _on_cpu():
+            # vLLM 0.32 on CPU: a seeded request whose prompt is prefilled in chunks crashes the
+            # engine ("CPU Generator does not use offset": it rewinds the generator of a partial
+            # prefill, which only CUDA generators support). Whole-prompt prefills avoid it.
+            kwargs["enable_chunked_prefill"] = False
         if adapter is not None:
             self._tmp = tempfile.TemporaryDirectory(prefix="sso-vllm-adapter-")
             adapter_dir = write_adapter(adapter, self._tmp.name)

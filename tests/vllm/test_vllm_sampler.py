@@ -203,6 +203,19 @@ def test_n_samples_are_distinct_and_reproducible(vllm_sampler):
     assert vllm_sampler.generate(prompts[2:4], params) == first[2:4]
 
 
+def test_seeded_sampling_of_many_long_prompts(vllm_sampler):
+    """More prompt tokens than one engine step takes (vLLM 0.32 on CPU crashed on seeded requests
+    whose prefill was split over steps; the sampler turns chunked prefill off on CPU)."""
+    tok = vllm_sampler.tokenizer
+    prompts = [render_prompt(tok, f"Question {i}: " + "explain the for statement please " * 30)
+               for i in range(40)]
+    assert sum(len(ids) for ids in vllm_sampler.encode(prompts)) * 2 > 8192
+    params = GenerationParams(temperature=0.7, top_p=0.8, n=2, seed=1, max_new_tokens=4)
+    out = vllm_sampler.generate(prompts, params, use_adapter=False)
+    assert len(out) == 40 and all(len(c) == 2 for c in out)
+    assert vllm_sampler.generate(prompts[:3], params, use_adapter=False) == out[:3]
+
+
 # ------------------------------------------------------------------ prompts and ids
 
 def test_same_prompt_string_and_ids_in_both_engines_and_scoring(vllm_sampler, hf_base):
