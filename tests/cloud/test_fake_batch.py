@@ -20,7 +20,6 @@ plumbing, not the model.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -145,4 +144,13 @@ def test_run_with_batch_then_resume(fake_aws, cloud_env):
     assert resumed["n_sso_pairs"] > 0
     assert "adapter_model.safetensors" in resumed["policy_adapter_files"]["sso"]
     assert resumed["judge_usage"]["requests"] > 0
-    assert os.environ.get("SSO_FAIL_AT_STEP") is None
+
+    # 4. the exports `end` wrote inside its container are gone with it; the launching side
+    #    re-creates them from the datastore
+    out = cloud_env["root"] / "export"
+    proc = subprocess.run([sys.executable, "-m", "sso", "export", resumed["run_id"], str(out), "--no-cards"],
+                          env=cloud_env["env"], cwd=cloud_env["root"], capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "results.csv").is_file()
+    assert any(p.name == "adapter_model.safetensors" for p in out.rglob("*"))
