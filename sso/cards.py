@@ -296,19 +296,22 @@ def win_rate_chart(results) -> dict:
     values = [{"arm": str(r["arm"]), "win_rate": _plain(r["win_rate"]),
                "ci_low": _plain(r["win_rate_ci_low"]), "ci_high": _plain(r["win_rate_ci_high"])}
               for r in _records(results)]
+    x = {"field": "arm", "type": "nominal", "sort": None, "title": "arm", "axis": {"labelAngle": 0}}
     return {
         "$schema": VEGA_SCHEMA, "title": "win rate vs base policy (ties count half), 95% bootstrap CI",
-        "height": CHART_HEIGHT, "data": {"values": values},
-        "encoding": {"x": {"field": "arm", "type": "nominal", "sort": None, "title": "arm"}},
+        "height": CHART_HEIGHT,
         "layer": [
-            {"mark": {"type": "bar", "opacity": 0.8},
-             "encoding": {"y": {"field": "win_rate", "type": "quantitative", "title": "win rate",
-                                "scale": {"domain": [0, 1]}},
-                          "tooltip": [{"field": "arm"}, {"field": "win_rate", "format": ".3f"},
-                                      {"field": "ci_low", "format": ".3f"},
-                                      {"field": "ci_high", "format": ".3f"}]}},
-            {"mark": {"type": "rule", "strokeWidth": 2},
-             "encoding": {"y": {"field": "ci_low", "type": "quantitative"}, "y2": {"field": "ci_high"}}},
+            {"data": {"values": values}, "layer": [
+                {"mark": {"type": "bar", "opacity": 0.8, "width": {"band": 0.6}},
+                 "encoding": {"x": x, "y": {"field": "win_rate", "type": "quantitative",
+                                            "title": "win rate", "scale": {"domain": [0, 1]}},
+                              "tooltip": [{"field": "arm"}, {"field": "win_rate", "format": ".3f"},
+                                          {"field": "ci_low", "format": ".3f"},
+                                          {"field": "ci_high", "format": ".3f"}]}},
+                {"mark": {"type": "errorbar", "ticks": {"size": 24}, "thickness": 2},
+                 "encoding": {"x": x, "y": {"field": "ci_low", "type": "quantitative", "title": "win rate"},
+                              "y2": {"field": "ci_high"}}},
+            ]},
             {"data": {"values": [{"y": 0.5}]}, "mark": {"type": "rule", "strokeDash": [4, 4]},
              "encoding": {"y": {"field": "y", "type": "quantitative"}}},
         ],
@@ -316,19 +319,22 @@ def win_rate_chart(results) -> dict:
 
 
 def metrics_chart(results) -> dict:
-    """Preference-data accuracy, on-policyness and win rate side by side per arm."""
+    """Preference-data accuracy, on-policyness and win rate per arm, one panel (own scale) each."""
     names = {"pref_accuracy": "pref. accuracy", "on_policyness": "on-policyness", "win_rate": "win rate"}
     values = [{"arm": str(r["arm"]), "metric": label, "value": _plain(r[key])}
               for r in _records(results) for key, label in names.items() if key in r]
     return {
-        "$schema": VEGA_SCHEMA, "title": "arms side by side", "height": CHART_HEIGHT,
-        "data": {"values": values}, "mark": {"type": "bar"},
-        "encoding": {"x": {"field": "metric", "type": "nominal", "title": None},
-                     "xOffset": {"field": "arm", "type": "nominal", "sort": None},
-                     "color": {"field": "arm", "type": "nominal", "sort": None},
-                     "y": {"field": "value", "type": "quantitative"},
-                     "tooltip": [{"field": "arm"}, {"field": "metric"},
-                                 {"field": "value", "format": ".4f"}]},
+        "$schema": VEGA_SCHEMA, "title": "arms side by side", "data": {"values": values},
+        "facet": {"column": {"field": "metric", "type": "nominal", "title": None,
+                             "sort": list(names.values())}},
+        "spec": {"height": CHART_HEIGHT - 40, "width": 160, "mark": {"type": "bar"},
+                 "encoding": {"x": {"field": "arm", "type": "nominal", "sort": None, "title": None,
+                                    "axis": {"labelAngle": 0}},
+                              "color": {"field": "arm", "type": "nominal", "sort": None, "legend": None},
+                              "y": {"field": "value", "type": "quantitative", "title": None},
+                              "tooltip": [{"field": "arm"}, {"field": "metric"},
+                                          {"field": "value", "format": ".4g"}]}},
+        "resolve": {"scale": {"y": "independent"}},
     }
 
 
@@ -341,7 +347,8 @@ def outcome_chart(arm_rows: list[dict]) -> dict:
         "$schema": VEGA_SCHEMA, "title": "eval pairs by outcome (both orders must agree for a win)",
         "height": 120, "data": {"values": values}, "mark": {"type": "bar"},
         "encoding": {"y": {"field": "arm", "type": "nominal", "sort": None},
-                     "x": {"field": "pairs", "type": "quantitative", "stack": "zero"},
+                     "x": {"field": "pairs", "type": "quantitative", "stack": "zero",
+                           "axis": {"tickMinStep": 1, "format": "d"}},
                      "color": {"field": "outcome", "type": "nominal",
                                "scale": {"domain": ["win", "tie", "loss", "unparsable"]}},
                      "tooltip": [{"field": "arm"}, {"field": "outcome"}, {"field": "pairs"}]},

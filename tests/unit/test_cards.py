@@ -165,8 +165,10 @@ def test_compare_card_table_charts_and_examples():
     assert arm_table["headers"] == cards.ARM_TABLE_HEADERS and len(arm_table["rows"]) == 2
     charts = {s["name"]: s["spec"] for s in _specs_of(specs, "vega")}
     win = charts["win_rate"]
-    assert win["data"]["values"][0] == {"arm": "sso", "win_rate": 0.625, "ci_low": 0.4, "ci_high": 0.8}
-    assert win["layer"][2]["data"]["values"] == [{"y": 0.5}]
+    assert win["layer"][0]["data"]["values"][0] == {"arm": "sso", "win_rate": 0.625, "ci_low": 0.4,
+                                                    "ci_high": 0.8}
+    assert win["layer"][1]["data"]["values"] == [{"y": 0.5}]
+    assert charts["metrics"]["resolve"]["scale"]["y"] == "independent"   # 0.0002 next to 0.6
     assert {v["metric"] for v in charts["metrics"]["data"]["values"]} == {
         "pref. accuracy", "on-policyness", "win rate"}
     assert [v for v in charts["metrics"]["data"]["values"] if v["arm"] == "pbaa"
