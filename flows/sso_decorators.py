@@ -22,13 +22,17 @@ task and every deploy command alike)::
 ``@compute(resources=cfg.resources.default)``, so no step falls back to Metaflow's built-in
 defaults (e.g. the plain ``python:3.x`` image, which lacks this package's dependencies).
 
+``@datastore_checkpoints`` on a training step gives it a checkpoint directory
+(``os.environ["SSO_CHECKPOINT_DIR"]``) that a retried attempt finds again, also when the retry runs
+in a new container: with the S3 datastore the newest checkpoint is copied to S3 while training.
+
 ``@secrets_from_config(judge=cfg.judge)`` adds Metaflow's ``@secrets(sources=[judge.secrets],
 role=judge.secrets_role)`` when ``[judge] secrets`` is non-empty: the remote task fetches the API key
 from the secrets manager at start; the deployment spec holds only the secret's *name*. With the
 default empty list nothing is added and a local run reads the key from its own environment.
 """
 
-from metaflow import FlowMutator, StepMutator
+from metaflow import FlowMutator, StepMutator, user_step_decorator
 
 # Config values are passed by keyword: a positional config reference would be mistaken by Metaflow
 # for the decorated step function.
@@ -101,3 +105,138 @@ class compute_defaults(FlowMutator):
         for _name, mutable_step in mutable_flow.steps:
             if not mutable_step.has_decorator("compute"):
                 mutable_step.add_decorator(compute, deco_kwargs={"resources": default})
+
+
+# ----------------------------------------------------------------------------------------------
+# Training checkpoints that survive a retried attempt on another machine
+# ----------------------------------------------------------------------------------------------
+
+CHECKPOINT_ENV = "SSO_CHECKPOINT_DIR"
+_DONE = ".done"
+
+
+@user_step_decorator
+def datastore_checkpoints(step_name, flow, inputs=None, attributes=None):
+    """``@datastore_checkpoints``: a checkpoint directory that outlives the attempt.
+
+    The step finds the directory in ``os.environ["SSO_CHECKPOINT_DIR"]`` and hands it to the
+    trainer (``checkpoint_dir=``). The trainer writes ``step-NNNNNNNN/`` sub-directories
+    atomically; what happens to them depends on the datastore:
+
+    - local datastore: the directory is ``<tmp>/sso-checkpoints/<flow>/<run>/<step>/<task>``, the
+      same for every attempt of the task, so a retried attempt (same machine) finds it;
+    - S3 datastore (``--with batch`` / ``--with kubernetes`` / Step Functions / Argo, where a retry
+      is a new container): the directory is a fresh scratch directory, the newest complete
+      checkpoint is copied to ``<METAFLOW_DATATOOLS_S3ROOT>/<flow>/<run>/sso-checkpoints/<step>/
+      <task>/`` every ``interval`` seconds (default 60) and when the step ends (success or
+      failure), and a retried attempt starts by downloading the newest one.
+
+    ``resume`` starts a new run, hence fresh checkpoints (as metaflow-checkpoint's default).
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from metaflow import current
+    from metaflow.metaflow_config import DATATOOLS_S3ROOT
+
+    interval = float((attributes or {}).get("interval", 60))
+    parts = (current.flow_name, str(current.run_id), step_name, str(current.task_id))
+    ds_type = getattr(getattr(flow, "_datastore", None), "TYPE", "local")
+    if ds_type == "s3" and DATATOOLS_S3ROOT:
+        local = tempfile.mkdtemp(prefix=f"sso-ckpt-{step_name}-")
+        remote = "/".join([DATATOOLS_S3ROOT.rstrip("/"), parts[0], parts[1], "sso-checkpoints", *parts[2:]]) + "/"
+        restored = _restore_checkpoint(remote, local)
+        print(f"@datastore_checkpoints: {remote} -> {local}" + (f" (restored {restored})" if restored else ""))
+        uploader = _CheckpointUploader(remote, local, interval)
+        uploader.start()
+    else:
+        local = os.path.join(tempfile.gettempdir(), "sso-checkpoints", *parts)
+        os.makedirs(local, exist_ok=True)
+        uploader = None
+    os.environ[CHECKPOINT_ENV] = local
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        os.environ.pop(CHECKPOINT_ENV, None)
+        if uploader is not None:
+            uploader.stop()
+            uploader.upload_newest()
+            shutil.rmtree(local, ignore_errors=True)
+        elif ok:
+            shutil.rmtree(local, ignore_errors=True)
+
+
+def _complete_checkpoints(local: str) -> list[str]:
+    """Names of the finished checkpoint directories under ``local``, oldest first."""
+    import os
+
+    return sorted(name for name in os.listdir(local)
+                  if not name.startswith(".") and os.path.isdir(os.path.join(local, name)))
+
+
+def _restore_checkpoint(remote: str, local: str) -> str | None:
+    """Copy the newest checkpoint uploaded under ``remote`` into ``local``; its name or None."""
+    import os
+    import shutil
+    import tempfile
+
+    from metaflow import S3
+
+    with S3(s3root=remote, tmproot=tempfile.gettempdir()) as s3:
+        done = sorted(o.key[:-len(_DONE)] for o in s3.list_recursive() if o.key.endswith(_DONE))
+        if not done:
+            return None
+        for obj in s3.get_recursive([done[-1] + "/"]):     # keys relative to that prefix
+            target = os.path.join(local, done[-1], obj.key)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(obj.path, target)
+    return done[-1]
+
+
+class _CheckpointUploader:
+    """Uploads the newest complete checkpoint directory, then writes its ``<name>.done`` marker."""
+
+    def __init__(self, remote: str, local: str, interval: float):
+        import threading
+
+        self.remote, self.local, self.interval = remote, local, interval
+        self.uploaded: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="sso-ckpt-upload")
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=600)
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            self.upload_newest()
+
+    def upload_newest(self):
+        import io
+        import os
+        import tempfile
+
+        from metaflow import S3
+
+        try:
+            names = _complete_checkpoints(self.local)
+            if not names or names[-1] in self.uploaded:
+                return
+            name = names[-1]
+            root = os.path.join(self.local, name)
+            files = [(os.path.relpath(os.path.join(d, f), self.local), os.path.join(d, f))
+                     for d, _dirs, fs in os.walk(root) for f in fs]
+            with S3(s3root=self.remote, tmproot=tempfile.gettempdir()) as s3:
+                s3.put_files(files)
+                s3.put(name + _DONE, io.BytesIO(b""))
+            self.uploaded.add(name)
+        except (FileNotFoundError, OSError) as exc:
+            # The trainer replaced the checkpoint while it was being copied: the next one will do.
+            print(f"@datastore_checkpoints: upload skipped ({exc})")
