@@ -70,7 +70,8 @@ def cloud_env(fake_aws, tmp_path):
     home.mkdir()
     prefix = f"s3://{BUCKET}/{tmp_path.name}"
     env = {
-        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8",
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin:/bin")]),
+        "HOME": str(tmp_path), "LANG": "C.UTF-8",
         "PYTHONPATH": str(REPO),
         "METAFLOW_USER": "ci", "METAFLOW_HOME": str(home),
         "METAFLOW_CLIENT_CACHE_PATH": str(tmp_path / "client-cache"),
