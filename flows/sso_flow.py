@@ -33,7 +33,8 @@ if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_
     os.environ["METAFLOW_USER"] = "sso"
 
 from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, package_sources, retry, step
-from sso_decorators import compute, compute_defaults, secrets_from_config  # config-driven @resources/@timeout/@secrets
+from sso_decorators import (  # config-driven @resources/@timeout/@secrets; checkpoints in the datastore
+    compute, compute_defaults, datastore_checkpoints, secrets_from_config)
 import sso_cards  # noqa: E402  (flows/sso_cards.py: sso.cards specs -> card components, live training card)
 
 # Make `sso` and `steps` importable when the flow runs from a source checkout (locally, and on
@@ -155,6 +156,7 @@ class SSOFlow(FlowSpec):
 
     @retry(times=1, minutes_between_retries=0)
     @compute(resources=cfg.resources.train)
+    @datastore_checkpoints   # checkpoint dir in SSO_CHECKPOINT_DIR, kept across retried attempts
     @card(type="blank", id="training")
     @step
     def train_generator(self):
@@ -205,6 +207,7 @@ class SSOFlow(FlowSpec):
 
     @retry(times=1, minutes_between_retries=0)
     @compute(resources=cfg.resources.train)
+    @datastore_checkpoints   # checkpoint dir in SSO_CHECKPOINT_DIR, kept across retried attempts
     @card(type="blank", id="training")
     @step
     def train_policy(self):
