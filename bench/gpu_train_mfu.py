@@ -199,16 +199,19 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-        print(f"device: {torch.cuda.get_device_name(device)}, peak bf16 {peak_tflops(device, args.peak_tflops)} TFLOP/s")
+        peak = peak_tflops(device, args.peak_tflops)
+        print(f"device: {torch.cuda.get_device_name(device)}, dense bf16 peak {peak} TFLOP/s")
     results = []
     for shape in args.models.split(","):
         model, config = build_model(shape, device, tuple(args.lora_targets.split(",")), args.lora_r,
                                     args.grad_ckpt)
         for objective in args.objectives.split(","):
             try:
-                res = {"model": shape, "grad_ckpt": args.grad_ckpt, **bench_one(model, config, shape, objective, args, device)}
+                res = {"model": shape, "grad_ckpt": args.grad_ckpt,
+                       **bench_one(model, config, shape, objective, args, device)}
             except torch.OutOfMemoryError as exc:
                 res = {"model": shape, "objective": objective, "error": f"out of memory: {exc}"[:200]}
+                model.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
             results.append(res)
             print(json.dumps(res), flush=True)

@@ -92,39 +92,89 @@ def build_batch(tokenizer, prompts: list[str], responses: list[str], max_length:
     return collate(encode_pairs(tokenizer, prompts, responses), max_length, _pad_id(tokenizer))
 
 
+#: config attributes of models whose logits are NOT ``lm_head(last_hidden_state)``
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _base_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _head_split(model):
+    """(decoder, lm_head) when logits are exactly ``lm_head(decoder(...).last_hidden_state)``, else None.
+
+    Checked once per model (config flags, then one tiny probe compared with the full forward in
+    eval mode) and cached on the model.
+    """
+    base = _base_model(model)
+    if "_sso_head_split" in base.__dict__:
+        return base.__dict__["_sso_head_split"]
+    split = None
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if decoder is not None and head is not None and decoder is not base and \
+            not any(getattr(base.config, a, None) for a in _LOGIT_TRANSFORMS):
+        device = next(base.parameters()).device
+        ids = torch.arange(3, 11, device=device).unsqueeze(0) % base.config.vocab_size   # [1, 8]
+        was_training = base.training
+        base.eval()
+        try:
+            with torch.no_grad():
+                full = base(input_ids=ids, use_cache=False).logits.float()
+                parts = head(decoder(input_ids=ids, use_cache=False).last_hidden_state).float()
+        finally:
+            base.train(was_training)
+        if full.shape == parts.shape and torch.allclose(full, parts, rtol=1e-4, atol=1e-4 * float(full.abs().max())):
+            split = (decoder, head)
+    base.__dict__["_sso_head_split"] = split
+    return split
+
+
 def _accepts_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cached = getattr(base, "_sso_logits_to_keep", None)
-    if cached is None:
-        cached = "logits_to_keep" in inspect.signature(base.forward).parameters
-        base._sso_logits_to_keep = cached
-    return cached
+    base = _base_model(model)
+    if "_sso_logits_to_keep" not in base.__dict__:
+        base.__dict__["_sso_logits_to_keep"] = "logits_to_keep" in inspect.signature(base.forward).parameters
+    return base.__dict__["_sso_logits_to_keep"]
+
+
+def _response_logits(model, input_ids: Tensor, attention_mask: Tensor, scored: Tensor) -> Tensor:
+    """Logits ``[N, V]`` at the N positions whose NEXT token is a response token (``scored`` [B, T-1]).
+
+    Preferred: run the decoder, pick the N hidden states, apply the LM head to those only (prompt
+    and padding positions never reach the vocabulary projection). Fallback: the model's own
+    forward, from the first scored column on (``logits_to_keep``) or in full.
+    """
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    split = _head_split(model)
+    if split is not None:
+        decoder, head = split
+        hidden = decoder(**kwargs).last_hidden_state[:, :-1]           # [B, T-1, H]
+        return head(hidden[scored])                                     # [N, V]
+    start = int(scored.any(dim=0).nonzero()[0])
+    if _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = torch.arange(start, input_ids.shape[1] - 1, device=input_ids.device)
+        logits = model(**kwargs).logits                                 # [B, T-1-start, V]
+    else:
+        logits = model(**kwargs).logits[:, start:-1]
+    return logits[scored[:, start:]]                                    # [N, V]
 
 
 def sequence_logps(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Summed response log-probs ``[B]`` and response token counts ``[B]`` in ONE forward pass.
 
-    Logits are only materialised from the first response position of the batch onwards (the
-    prompt-only prefix needs none), and log-softmax is computed in float32.
+    Only the positions that predict a response token reach the LM head (see
+    :func:`_response_logits`); log-softmax is computed in float32.
     """
     device = next(model.parameters()).device
     input_ids = batch["input_ids"].to(device)                  # [B, T]
     attention_mask = batch["attention_mask"].to(device)        # [B, T]
-    loss_mask = batch["loss_mask"].to(device)                  # [B, T]
-    width = input_ids.shape[1]
-    start = int(loss_mask.any(dim=0).nonzero()[0])             # first response column, >= 1
-    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-    if _accepts_logits_to_keep(model):
-        # logits at position t predict token t+1: keep positions start-1 .. T-2
-        kwargs["logits_to_keep"] = torch.arange(start - 1, width - 1, device=device)
-        logits = model(**kwargs).logits                         # [B, T-start, V]
-    else:
-        logits = model(**kwargs).logits[:, start - 1: width - 1]
-    targets = input_ids[:, start:]                              # [B, T-start]
-    mask = loss_mask[:, start:].to(torch.float32)               # [B, T-start]
-    logits = logits.float()
+    scored = batch["loss_mask"].to(device)[:, 1:].bool()       # [B, T-1]: position t predicts token t+1
+    logits = _response_logits(model, input_ids, attention_mask, scored).float()   # [N, V]
+    targets = input_ids[:, 1:][scored]                         # [N]
     token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return (token_logps * mask).sum(dim=-1), mask.sum(dim=-1)
+    rows = scored.nonzero()[:, 0]                              # [N] sequence of each scored token
+    summed = torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=device).index_add(0, rows, token_logps)
+    return summed, scored.sum(dim=-1).to(torch.float32)
 
 
 def score_responses(model, tokenizer, prompts: list[str], responses: list[str], *, max_length: int,

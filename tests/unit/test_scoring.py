@@ -117,3 +117,20 @@ def test_score_responses_dataframe_in_input_order(tiny_model, tiny_tokenizer, pr
     assert df["n_tokens"].tolist() == ntok.long().tolist()
     assert df["logp_mean"].tolist() == pytest.approx((logps / ntok).tolist(), abs=1e-5)
     assert (df["logp_sum"] < 0).all()
+
+
+def test_head_only_on_response_positions_matches_full_forward(tiny_model_path, tiny_tokenizer, prompts):
+    """The fast path (LM head on response positions only) equals the model's own full forward."""
+    from sso.models import load_model
+    from sso.scoring import _head_split
+
+    fast = load_model(tiny_model_path, dtype="float32", device="cpu")
+    slow = load_model(tiny_model_path, dtype="float32", device="cpu")
+    assert _head_split(fast) is not None                     # Llama: logits = lm_head(last hidden)
+    slow.__dict__["_sso_head_split"] = None                  # force the full-forward fallback
+    batch = build_batch(tiny_tokenizer, prompts, RESPONSES, max_length=512)
+    with torch.no_grad():
+        a, na = sequence_logps(fast, batch)
+        b, nb = sequence_logps(slow, batch)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    assert na.tolist() == nb.tolist()
