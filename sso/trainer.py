@@ -250,14 +250,17 @@ def _device(model) -> torch.device:
 
 @torch.no_grad()
 def _score_all(model, encoded: list[list[Encoded]], max_length: int, pad_id: int,
-               seqs_per_batch: int) -> tuple[Tensor, Tensor, int]:
+               seqs_per_batch: int, progress_desc: str | None = None) -> tuple[Tensor, Tensor, int]:
     """Summed log-probs and token counts ``[k, N]`` of every sequence (model as it is, no grad),
     and the number of sequences truncated to ``max_length``.
 
     All k*N sequences are length-sorted and scored ``seqs_per_batch`` at a time (little padding,
-    bounded memory whatever the number of roles).
+    bounded memory whatever the number of roles). ``progress_desc``: show progress under that name.
     """
+    from .progress import progress_bar
+
     k, n = len(encoded), len(encoded[0]) if encoded else 0
+    bar = progress_bar(k * n, progress_desc or "", unit="seq", enabled=progress_desc is not None)
     logps, ntok = torch.zeros(k, n, dtype=torch.float32), torch.zeros(k, n, dtype=torch.float32)
     flat = sorted(((r, i) for r in range(k) for i in range(n)), key=lambda ri: sum(map(len, encoded[ri[0]][ri[1]])))
     n_truncated = 0
@@ -272,8 +275,10 @@ def _score_all(model, encoded: list[list[Encoded]], max_length: int, pad_id: int
             logps[list(rows), list(cols)] = s.float().cpu()
             ntok[list(rows), list(cols)] = c.float().cpu()
             n_truncated += int(batch["truncated"].sum())
+            bar.update(len(rows))
     finally:
         model.train(was_training)
+        bar.close()
     return logps, ntok, n_truncated
 
 
@@ -498,7 +503,7 @@ def _checkpoint(run: _Run, opt, sched, state: dict, checkpoint_dir: str) -> None
 
 
 def _prepare(objective: Objective, model_path, table, cfg, model_cfg, seed, init_adapter,
-             ckpt: dict | None = None):
+             ckpt: dict | None = None, progress: bool = False):
     """Load the model, tokenise, and precompute reference log-probs (+ on-policyness).
 
     When resuming, the reference log-probs and the report come from the checkpoint instead.
@@ -514,7 +519,8 @@ def _prepare(objective: Objective, model_path, table, cfg, model_cfg, seed, init
     t0 = time.perf_counter()
     with _reference_context(model, init_adapter is not None):
         ref_logps, ntok, n_truncated = _score_all(model, encoded, model_cfg.max_length, pad_id,
-                                                  2 * cfg.batch_size)
+                                                  2 * cfg.batch_size,
+                                                  f"reference {objective.name}" if progress else None)
     names = [r[0] for r in objective.roles + report]
     info = {**_onpolicyness(names, ref_logps, ntok), "reference_seconds": time.perf_counter() - t0,
             "truncated_sequences": n_truncated}
@@ -534,7 +540,8 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
     if ckpt is not None and ckpt["fingerprint"] != fingerprint:
         raise ValueError(f"checkpoint_dir {checkpoint_dir!r} holds a checkpoint of a different run "
                          "(data, config or seed differ); use an empty checkpoint_dir for a new run")
-    run, info = _prepare(objective, model_path, table, cfg, model_cfg, seed, init_adapter, ckpt)
+    run, info = _prepare(objective, model_path, table, cfg, model_cfg, seed, init_adapter, ckpt,
+                         progress=progress)
     schedule = build_schedule(len(table), cfg, seed)
     opt, sched = _make_optimizer(run.model, cfg, len(schedule))
     state = {"step": 0, "seconds": 0.0, "tokens": 0, "examples_seen": 0, "history": [],
