@@ -300,3 +300,14 @@ def test_trainer_feeds_the_live_card_every_logged_row(tiny_model_path, tiny_toke
     assert live.rows == result.history.to_dict(orient="records") and len(live.rows) == 3
     assert len(card.refreshes) == 1 + 3    # the first render, then one per row at interval 0
     assert live.progress._value == 3
+
+
+def test_card_and_export_modules_do_not_import_metaflow():
+    """sso/ stays Metaflow-free at import (the CLI imports it only inside the command)."""
+    import subprocess
+
+    code = ("import sys, sso.cards, sso.export, sso.progress, sso.probe, sso.__main__; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('metaflow', 'torch')); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2],
+                   timeout=120)
