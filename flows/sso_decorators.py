@@ -167,6 +167,14 @@ def datastore_checkpoints(step_name, flow, inputs=None, attributes=None):
             shutil.rmtree(local, ignore_errors=True)
         elif ok:
             shutil.rmtree(local, ignore_errors=True)
+            root = os.path.join(tempfile.gettempdir(), "sso-checkpoints")
+            parent = os.path.dirname(local)
+            while parent.startswith(root + os.sep):     # drop the now empty <flow>/<run>/<step> dirs
+                try:
+                    os.rmdir(parent)
+                except OSError:
+                    break
+                parent = os.path.dirname(parent)
 
 
 def _complete_checkpoints(local: str) -> list[str]:
