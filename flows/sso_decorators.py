@@ -34,9 +34,6 @@ default empty list nothing is added and a local run reads the key from its own e
 
 from metaflow import FlowMutator, StepMutator, user_step_decorator
 
-# Config values are passed by keyword: a positional config reference would be mistaken by Metaflow
-# for the decorated step function.
-
 # Attributes of the platform decorators that a [resources.*] table may set; queue is Batch only.
 _PLATFORM_KEYS = {"batch": ("image", "queue", "shared_memory"),
                   "kubernetes": ("image", "shared_memory")}
@@ -50,7 +47,11 @@ def _table(value) -> dict:
 
 
 class compute(StepMutator):
-    """``@compute(resources=cfg.resources.sample)``: resources, timeout and remote image/queue/shm of a step."""
+    """``@compute(resources=cfg.resources.sample)``: resources, timeout and remote image/queue/shm.
+
+    The table is passed by keyword: a positional config reference would be taken by Metaflow for
+    the decorated step function.
+    """
 
     def init(self, resources):
         self._res = _table(resources)
