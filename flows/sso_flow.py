@@ -168,7 +168,8 @@ class SSOFlow(FlowSpec):
         live = sso_cards.live_training_card(current.card["training"], "Generator (SSO loss)",
                                             len(self.sso_triples), cfg.generator, cfg.run.seed)
         self.generator_adapter, self.generator_history, self.generator_summary = train_generator(
-            self.sso_triples, cfg, self._model_path(), on_log=live)
+            self.sso_triples, cfg, self._model_path(), on_log=live,
+            checkpoint_dir=os.environ.get("SSO_CHECKPOINT_DIR"))
         live.finish(self.generator_history, self.generator_summary)
         print(f"generator: {self.generator_summary}")
         self.pref_shards = [{**s, "eval_ids": []} for s in self.shards if s["query_ids"]]
@@ -222,7 +223,8 @@ class SSOFlow(FlowSpec):
         live = sso_cards.live_training_card(current.card["training"], f"Policy {self.arm} ({cfg.policy.loss})",
                                             len(pairs), cfg.policy, cfg.run.seed)
         self.policy_adapter, self.policy_history, self.policy_summary = train_policy(
-            self.arm, pairs, cfg, self._model_path(), on_log=live)
+            self.arm, pairs, cfg, self._model_path(), on_log=live,
+            checkpoint_dir=os.environ.get("SSO_CHECKPOINT_DIR"))
         live.finish(self.policy_history, self.policy_summary)
         print(f"policy[{self.arm}]: {self.policy_summary}")
         self.next(self.generate_answers)
