@@ -1,16 +1,23 @@
 """Optimizer steps/s of our DPO trainer vs TRL's DPOTrainer, and the cost of an SSO step.
 
 Same tiny model (``sso-tiny``, built offline), same data, same batch size, same LoRA (r=8,
-alpha=16, q/k/v/o), float32 on CPU:
+alpha=16, q/k/v/o), float32 on CPU. The data are SSO triples of the shipped queries with
+catalogue principles as system messages and random-word answers; the DPO pairs are their x+ pairs
+``(x+, y+, y-)`` (the PBAA pair, i.e. the L+ term of SSO), so a DPO step and an SSO step read the
+same kind of sequences and the SSO step has exactly twice as many (``--dpo-prompt plain`` uses the
+principle-free prompt instead; its sequences are much shorter).
 
-- ``ours_dpo``   :func:`sso.trainer.train_dpo` on (plain prompt, y+, y-) pairs;
-- ``trl_dpo``    ``trl.DPOTrainer`` with its defaults (reference forward every step);
-- ``trl_dpo_pre`` ``trl.DPOTrainer`` with ``precompute_ref_log_probs=True`` (for reference);
-- ``ours_sso``   :func:`sso.trainer.train_sso` on the (x+, x-, y+, y-, y_o) triples of the same
-  queries (catalogue principles as system messages).
+- ``ours_dpo``    :func:`sso.trainer.train_dpo`;
+- ``trl_dpo``     ``trl.DPOTrainer`` with its defaults (a reference forward every step);
+- ``trl_dpo_pre`` ``trl.DPOTrainer`` with ``precompute_ref_log_probs=True`` (for comparison);
+- ``ours_sso``    :func:`sso.trainer.train_sso` on the triples;
+- ``ours_dpo_x2`` :func:`sso.trainer.train_dpo` with twice the pairs per step (as many sequences per
+  forward pass as an SSO step: separates the cost of the SSO objective from that of a bigger batch).
 
-Steps/s is measured over the training loop only (model loading, tokenisation and reference
-precomputation excluded for every contender), best of ``--repeats``. The last line reads
+Steps/s = 1 / median optimizer-step time, measured inside the training loop (model loading,
+tokenisation and reference precomputation excluded for every contender; the first step of each run
+is dropped as warm-up), over ``--repeats`` interleaved runs: the median keeps the figure stable on
+a CPU shared with other jobs. The last line reads
 ``dpo_vs_trl=<ours_dpo / trl_dpo> sso_vs_dpo_cost=<ours_dpo / ours_sso>`` (goals >= 1.3, <= 2.2).
 
 Usage: ``python bench/train_throughput.py [--examples 64] [--batch-size 8] [--steps 16]``
@@ -23,6 +30,7 @@ import json
 import math
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -36,7 +44,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def build_data(tokenizer, n: int, response_words: int, seed: int):
+def build_data(tokenizer, n: int, response_words: int, seed: int, dpo_prompt: str = "x_plus"):
     """(pairs, triples) for the first ``n`` shipped queries; responses are random words."""
     import pandas as pd
     import pydoc_data.topics
@@ -61,31 +69,34 @@ def build_data(tokenizer, n: int, response_words: int, seed: int):
         "y_plus": [answer() for _ in range(n)], "y_minus": [answer() for _ in range(n)],
         "y_o": [answer() for _ in range(n)],
     })
-    pairs = pd.DataFrame({"query_id": triples["query_id"], "prompt_text": triples["prompt_text"],
+    prompt_col = {"x_plus": "x_plus", "plain": "prompt_text"}[dpo_prompt]
+    pairs = pd.DataFrame({"query_id": triples["query_id"], "prompt_text": triples[prompt_col],
                           "chosen": triples["y_plus"], "rejected": triples["y_minus"]})
     return pairs, triples
 
 
-def train_cfg(args):
+def train_cfg(args, batch_size: int | None = None):
     from sso.config import TrainConfig
 
-    epochs = math.ceil(args.steps / math.ceil(args.examples / args.batch_size))
-    return TrainConfig(learning_rate=1e-3, epochs=epochs, max_steps=args.steps, batch_size=args.batch_size,
+    batch_size = batch_size or args.batch_size
+    epochs = math.ceil(args.steps / math.ceil(args.examples / batch_size))
+    return TrainConfig(learning_rate=1e-3, epochs=epochs, max_steps=args.steps, batch_size=batch_size,
                        warmup_ratio=0.1, log_every=1)
 
 
-def run_ours(kind: str, model_path: str, table, args) -> dict:
+def run_ours(kind: str, model_path: str, table, args, batch_size: int | None = None) -> dict:
     from sso.config import ModelConfig
     from sso.trainer import train_dpo, train_sso
 
     fn = train_dpo if kind == "dpo" else train_sso
+    ends: list[float] = []
     t0 = time.perf_counter()
-    res = fn(model_path, table, train_cfg(args), ModelConfig(dtype="float32", device="cpu",
+    res = fn(model_path, table, train_cfg(args, batch_size), ModelConfig(dtype="float32", device="cpu",
                                                              max_length=args.max_length),
-             seed=0, progress=False)
+             seed=0, progress=False, on_log=lambda row: ends.append(time.perf_counter()))
     s = res.summary
-    return {"steps_per_s": s["steps"] / s["seconds"], "tokens_per_s": s["tokens_per_s"],
-            "wall_s": time.perf_counter() - t0, "steps": s["steps"]}
+    return {"step_times": [b - a for a, b in zip(ends, ends[1:])], "tokens_per_step": s["tokens"] / s["steps"],
+            "wall_s": time.perf_counter() - t0}
 
 
 def run_trl(model_path: str, pairs, args, *, precompute: bool) -> dict:
@@ -98,11 +109,10 @@ def run_trl(model_path: str, pairs, args, *, precompute: bool) -> dict:
     from sso.models import load_model, load_tokenizer
 
     class Clock(TrainerCallback):
-        def on_train_begin(self, *a, **k):
-            self.start, self.end, self.steps = time.perf_counter(), None, 0
+        ends: list[float] = []
 
         def on_step_end(self, *a, **k):
-            self.end, self.steps = time.perf_counter(), self.steps + 1
+            self.ends.append(time.perf_counter())
 
     t0 = time.perf_counter()
     ds = Dataset.from_dict({"prompt": list(pairs["prompt_text"]), "chosen": list(pairs["chosen"]),
@@ -123,19 +133,22 @@ def run_trl(model_path: str, pairs, args, *, precompute: bool) -> dict:
         trainer.add_callback(clock)
         trainer.remove_callback(PrinterCallback)     # no per-step log dicts on stdout
         trainer.train()
-    return {"steps_per_s": clock.steps / (clock.end - clock.start), "tokens_per_s": float("nan"),
-            "wall_s": time.perf_counter() - t0, "steps": clock.steps}
+    ends = clock.ends
+    return {"step_times": [b - a for a, b in zip(ends, ends[1:])], "tokens_per_step": float("nan"),
+            "wall_s": time.perf_counter() - t0}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--response-words", type=int, default=24)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable on shared CPUs)")
+    parser.add_argument("--dpo-prompt", choices=("x_plus", "plain"), default="x_plus",
+                        help="prompt of the DPO pairs: x+ (same sequences as SSO's L+ pair) or the plain query")
     args = parser.parse_args(argv)
 
     import torch
@@ -148,30 +161,36 @@ def main(argv=None) -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     model_path = str(ensure_tiny_model())
-    pairs, triples = build_data(load_tokenizer(model_path), args.examples, args.response_words, seed=0)
+    pairs, triples = build_data(load_tokenizer(model_path), args.examples, args.response_words, seed=0,
+                                dpo_prompt=args.dpo_prompt)
 
     contenders = {
         "ours_dpo": lambda: run_ours("dpo", model_path, pairs, args),
         "trl_dpo": lambda: run_trl(model_path, pairs, args, precompute=False),
         "trl_dpo_pre": lambda: run_trl(model_path, pairs, args, precompute=True),
         "ours_sso": lambda: run_ours("sso", model_path, triples, args),
+        # DPO with twice the pairs per step: as many sequences per forward pass as the SSO step
+        "ours_dpo_x2": lambda: run_ours("dpo", model_path, pairs, args, batch_size=2 * args.batch_size),
     }
-    best: dict[str, dict] = {}
+    runs: dict[str, list[dict]] = {name: [] for name in contenders}
     for _ in range(args.repeats):
         for name, fn in contenders.items():
-            r = fn()
-            if name not in best or r["steps_per_s"] > best[name]["steps_per_s"]:
-                best[name] = r
+            runs[name].append(fn())
+    rate = {name: 1.0 / statistics.median(t for r in rs for t in r["step_times"]) for name, rs in runs.items()}
 
     print(f"tiny model, {args.examples} examples, batch {args.batch_size}, {args.steps} optimizer steps, "
-          f"{args.threads} thread(s), best of {args.repeats}")
-    print(f"{'contender':<12} {'steps/s':>9} {'tokens/s':>10} {'wall s':>8}")
-    for name, r in best.items():
-        print(f"{name:<12} {r['steps_per_s']:>9.2f} {r['tokens_per_s']:>10.0f} {r['wall_s']:>8.1f}")
-    dpo_vs_trl = best["ours_dpo"]["steps_per_s"] / best["trl_dpo"]["steps_per_s"]
-    dpo_vs_trl_pre = best["ours_dpo"]["steps_per_s"] / best["trl_dpo_pre"]["steps_per_s"]
-    sso_cost = best["ours_dpo"]["steps_per_s"] / best["ours_sso"]["steps_per_s"]
+          f"DPO prompt {args.dpo_prompt}, {args.threads} thread(s), {args.repeats} run(s) each")
+    print(f"{'contender':<12} {'steps/s':>9} {'tokens/step':>12} {'wall s/run':>11}")
+    for name, rs in runs.items():
+        wall = statistics.mean(r["wall_s"] for r in rs)
+        print(f"{name:<12} {rate[name]:>9.2f} {rs[0]['tokens_per_step']:>12.0f} {wall:>11.1f}")
+    dpo_vs_trl = rate["ours_dpo"] / rate["trl_dpo"]
+    dpo_vs_trl_pre = rate["ours_dpo"] / rate["trl_dpo_pre"]
+    sso_cost = rate["ours_dpo"] / rate["ours_sso"]
+    tok_ratio = runs["ours_sso"][0]["tokens_per_step"] / runs["ours_dpo"][0]["tokens_per_step"]
     print(f"ours_dpo / trl_dpo_pre (TRL with precomputed references) = {dpo_vs_trl_pre:.2f}")
+    print(f"SSO step reads {tok_ratio:.2f}x the tokens of a DPO step; SSO step / DPO step with twice the "
+          f"pairs (same sequence count) = {rate['ours_dpo_x2'] / rate['ours_sso']:.2f}")
     print(f"dpo_vs_trl={dpo_vs_trl:.2f} sso_vs_dpo_cost={sso_cost:.2f}")
 
 
