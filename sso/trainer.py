@@ -426,23 +426,23 @@ class _Run:
 def optimizer_step(run: _Run, opt, sched, micro_batches: list[list[int]]) -> dict[str, float]:
     """One optimizer step over its micro-batches (grad accumulation); returns its mean metrics."""
     n = sum(len(mb) for mb in micro_batches)
-    sums: dict[str, float] = {"loss": 0.0}
+    sums: dict[str, Tensor] = {}
     tokens = 0
     for idx in micro_batches:
         losses, metrics, ntok = run.forward_loss(idx)
         (losses.sum() / n).backward()
-        sums["loss"] += float(losses.detach().sum())
-        for key, value in metrics.items():
-            sums[key] = sums.get(key, 0.0) + float(value.sum())
+        for key, value in {"loss": losses.detach(), **metrics}.items():
+            sums[key] = sums.get(key, 0.0) + value.float().sum()
         tokens += ntok
     params = [p for p in run.model.parameters() if p.requires_grad]
     clip = run.cfg.max_grad_norm if run.cfg.max_grad_norm > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
     lr = sched.get_last_lr()[0]
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-    return {**{k: v / n for k, v in sums.items()}, "grad_norm": grad_norm, "learning_rate": lr,
+    values = torch.stack([*sums.values(), grad_norm.float().to(next(iter(sums.values())).device)]).tolist()  # 1 sync
+    return {**{k: v / n for k, v in zip(sums, values)}, "grad_norm": values[-1], "learning_rate": lr,
             "tokens": tokens}
 
 
