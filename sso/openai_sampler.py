@@ -170,6 +170,15 @@ class OpenAISampler:
                 raise EndpointError(f"{len(failed)} of {len(jobs)} requests failed; first: {failed[0]}")
         return results
 
+    def _completions(self, resp, text_of) -> list[Completion]:
+        """One Completion per choice of a reply, in choice order (``text_of`` reads a choice's text)."""
+        choices = sorted(resp.choices, key=lambda c: c.index)
+        if not choices:
+            raise ValueError("reply has no choices")
+        per = self._split_tokens(resp, len(choices))
+        return [Completion(text=str(text_of(c) or ""), n_tokens=per, finish_reason=_finish(c.finish_reason))
+                for c in choices]
+
     # ------------------------------------------------------------------ API
     def chat(self, conversations: Sequence[list[dict[str, str]]], params: GenerationParams, *,
              return_exceptions: bool = False) -> list[list[Completion] | EndpointError]:
@@ -177,12 +186,7 @@ class OpenAISampler:
         base = self._request_kwargs(params)
 
         def extract(resp) -> list[Completion]:
-            choices = sorted(resp.choices, key=lambda c: c.index)
-            if not choices:
-                raise ValueError("reply has no choices")
-            per = self._split_tokens(resp, len(choices))
-            return [Completion(text=str(c.message.content or ""), n_tokens=per,
-                               finish_reason=_finish(c.finish_reason)) for c in choices]
+            return self._completions(resp, lambda c: c.message.content)
 
         def one(messages):
             return self._call(self._client.chat.completions.create, {**base, "messages": messages},
@@ -195,12 +199,7 @@ class OpenAISampler:
         base = self._request_kwargs(params)
 
         def extract(resp) -> list[Completion]:
-            choices = sorted(resp.choices, key=lambda c: c.index)
-            if not choices:
-                raise ValueError("reply has no choices")
-            per = self._split_tokens(resp, len(choices))
-            return [Completion(text=str(c.text or ""), n_tokens=per, finish_reason=_finish(c.finish_reason))
-                    for c in choices]
+            return self._completions(resp, lambda c: c.text)
 
         def one(prompt):
             return self._call(self._client.completions.create, {**base, "prompt": prompt}, extract)
