@@ -70,6 +70,10 @@ def test_generator_artifacts(default_run):
     hist = data.generator_history
     assert len(hist) > 0 and hist["loss"].notna().all()
     assert data.generator_summary["steps"] == hist["step"].max()
+    # the SSO loss steers both ways: on its own training data the generator separates
+    # y+ from y- under x+ and prefers y_o over y+ under x-
+    assert data.generator_summary["plus_accuracy"] >= 0.9
+    assert data.generator_summary["minus_accuracy"] >= 0.9
     pairs = data.sso_pairs
     assert {"prompt", "chosen", "rejected"} <= set(pairs.columns) and len(pairs) > 0
     assert set(pairs.query_id) <= set(data.queries.query_id)
