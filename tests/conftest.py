@@ -38,3 +38,32 @@ def torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _restore_typing_patches() -> None:
+    """Undo metaflow's vendored typing_extensions patches of ``typing``.
+
+    ``metaflow.runner`` (the Runner API) imports an older, vendored typing_extensions that replaces
+    ``typing._collect_parameters`` with a version checking its *own* ``NoDefault`` sentinel. Any
+    generic class defined afterwards with the real typing_extensions' TypeVars (vLLM, parts of
+    torch.distributed) then fails with "Type parameter ... without a default follows type
+    parameter with a default". Flow task processes never import metaflow.runner; only a process
+    that drives flows in-process (like this test session) is affected.
+    """
+    import sys
+    import typing
+
+    if "metaflow._vendor.typing_extensions" not in sys.modules:
+        return
+    import typing_extensions
+
+    for name in ("_check_generic", "_collect_parameters"):
+        if hasattr(typing_extensions, name):
+            setattr(typing, name, getattr(typing_extensions, name))
+
+
+@pytest.fixture(autouse=True)
+def _real_typing_extensions():
+    _restore_typing_patches()
+    yield
+    _restore_typing_patches()
