@@ -101,7 +101,10 @@ class LiveTrainingCard:
     def _refresh(self, force: bool = False) -> None:
         self._last = self.clock()
         self.refreshes += 1
-        self.card.refresh(force=force) if force else self.card.refresh()
+        if force:
+            self.card.refresh(force=True)
+        else:
+            self.card.refresh()
 
     def finish(self, history, summary: dict) -> None:
         """Replace the live components by the final card."""
