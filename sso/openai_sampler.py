@@ -29,29 +29,15 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
-from urllib.parse import urlsplit
 
 from .sampling import Completion, GenerationParams
+from .endpoints import DEFAULT_BASE_URL, api_key_from_env, describe_endpoint
 
 log = logging.getLogger(__name__)
 
 
 class EndpointError(RuntimeError):
     """A request to the endpoint failed for good (after retries); the key is never in the text."""
-
-
-def is_loopback(base_url: str) -> bool:
-    host = (urlsplit(base_url).hostname or "") if base_url else ""
-    return host in ("localhost", "::1", "0.0.0.0") or host.startswith("127.")
-
-
-def endpoint_name(base_url: str) -> str:
-    """``base_url`` without any ``user:password@`` part, for messages."""
-    if not base_url:
-        return "https://api.openai.com/v1 (default)"
-    parts = urlsplit(base_url)
-    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
 
 
 def _finish(reason: str | None) -> str:
@@ -71,7 +57,7 @@ class OpenAISampler:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.model = model
-        self.endpoint = endpoint_name(base_url)
+        self.endpoint = describe_endpoint(base_url)
         self.api_key_env = api_key_env
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
@@ -81,15 +67,14 @@ class OpenAISampler:
         if client is None:
             import openai
 
-            key = os.environ.get(api_key_env, "").strip()
-            if not key:
-                if not (base_url and is_loopback(base_url)):
-                    raise ValueError(
-                        f"endpoint {self.endpoint} needs an API key in the environment variable "
-                        f"{api_key_env}, which is not set or empty")
-                key = "sso-no-key"
-            client = openai.OpenAI(api_key=key, base_url=base_url or None, timeout=timeout_s,
-                                   max_retries=max_retries)
+            key = api_key_from_env(api_key_env, base_url)
+            if key is None:
+                raise ValueError(
+                    f"endpoint {self.endpoint} needs an API key in the environment variable "
+                    f"{api_key_env}, which is not set or empty")
+            # an empty base_url means api.openai.com, not whatever OPENAI_BASE_URL says
+            client = openai.OpenAI(api_key=key, base_url=base_url or DEFAULT_BASE_URL,
+                                   timeout=timeout_s, max_retries=max_retries)
             del key
         self._client = client
 

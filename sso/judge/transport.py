@@ -27,21 +27,19 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 from ..config import ConfigError, JudgeConfig
+from ..endpoints import DEFAULT_BASE_URL, api_key_from_env, describe_endpoint
 from .parse import collect_label_logprobs
 from .prompts import MAX_TOKENS, TOP_LOGPROBS
 
 log = logging.getLogger("sso.judge")
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 # USD per 1M tokens (prompt, completion): OpenAI list prices. A model name matches the longest
 # entry it starts with ("gpt-4o-2024-08-06" -> "gpt-4o"). Any other model is priced at
@@ -86,33 +84,15 @@ class MalformedResponseError(ValueError):
     """An HTTP 200 reply that is not a usable chat completion."""
 
 
-def is_loopback_url(base_url: str) -> bool:
-    host = (urlsplit(base_url).hostname or "") if base_url else ""
-    return host in ("localhost", "127.0.0.1", "::1", "0.0.0.0") or host.startswith("127.")
-
-
-def describe_endpoint(base_url: str) -> str:
-    """The endpoint for messages, without any user:password part of the URL."""
-    if not base_url:
-        return f"{DEFAULT_BASE_URL} (default)"
-    parts = urlsplit(base_url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    return parts._replace(netloc=netloc).geturl()
-
-
 def resolve_api_key(jcfg: JudgeConfig) -> str:
     """The key from the environment variable *named* by ``api_key_env``.
 
     Raises a :class:`ConfigError` naming the variable (never a value) when it is unset and the
     endpoint is not on this machine; a loopback endpoint gets a placeholder key.
     """
-    value = os.environ.get(jcfg.api_key_env, "")
-    if value.strip():
+    value = api_key_from_env(jcfg.api_key_env, jcfg.base_url)
+    if value is not None:
         return value
-    if jcfg.base_url and is_loopback_url(jcfg.base_url):
-        return "sso-no-key"
     raise ConfigError(
         f"[judge] backend = 'openai' with endpoint {describe_endpoint(jcfg.base_url)} needs an API "
         f"key in the environment variable {jcfg.api_key_env}, which is not set or empty "
