@@ -2,7 +2,7 @@
 
 No weights are downloaded: a ``LlamaConfig`` of the 1B (Llama-3.2-1B) or 8B (Llama-3-8B) shape is
 instantiated directly on the device in bf16 (speed does not depend on the weight values). Each
-step goes through the real training code (:func:`sso.trainer.optimizer_step`: one forward pass
+step goes through the real training code (:func:`sso.training.trainer.optimizer_step`: one forward pass
 over all sequences of the micro-batch, bf16 autocast on CUDA, precomputed reference log-probs,
 AdamW on the LoRA parameters, clipping), on fixed-length random token sequences.
 
@@ -78,8 +78,8 @@ def make_run(model, objective: str, n_examples: int, prompt_len: int, response_l
     import torch
 
     from sso.config import TrainConfig
-    from sso.trainer import OBJECTIVES as TRAIN_OBJECTIVES
-    from sso.trainer import _Run
+    from sso.training.trainer import OBJECTIVES as TRAIN_OBJECTIVES
+    from sso.training.trainer import _Run
 
     gen = torch.Generator().manual_seed(0)
     k = OBJECTIVES[objective]
@@ -141,7 +141,7 @@ def peak_tflops(device, override: float | None) -> float | None:
 def bench_one(model, config, shape: str, objective: str, args, device) -> dict:
     import torch
 
-    from sso.trainer import _make_optimizer, optimizer_step
+    from sso.training.trainer import _make_optimizer, optimizer_step
 
     n = args.examples or max(1, DEFAULT_SEQS[shape] // OBJECTIVES[objective])
     run, cfg = make_run(model, objective, n, args.prompt_len, args.response_len, config.vocab_size)

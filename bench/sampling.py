@@ -30,8 +30,8 @@ if str(ROOT) not in sys.path:
 
 
 def build_prompts(tokenizer, n_prompts: int) -> list[str]:
-    from sso.chat import render_prompt
-    from sso.principles import render_system_message
+    from sso.generation.chat import render_prompt
+    from sso.data.principles import render_system_message
 
     queries = [json.loads(line)["prompt"] for line in
                (ROOT / "sso" / "data" / "queries.jsonl").read_text().splitlines() if line.strip()]
@@ -42,17 +42,17 @@ def build_prompts(tokenizer, n_prompts: int) -> list[str]:
 
 def run_engine(name: str, model_path: str, args, prompts_for) -> dict:
     from sso.config import ModelConfig
-    from sso.sampling import GenerationParams
+    from sso.generation.sampling import GenerationParams
 
     model_cfg = ModelConfig(dtype=args.dtype, device=args.device)
     t0 = time.perf_counter()
     if name == "transformers":
-        from sso.sampling import TransformersSampler
+        from sso.generation.sampling import TransformersSampler
 
         sampler = TransformersSampler(model_path, dtype=args.dtype, device=args.device,
                                       batch_size=args.hf_batch_size)
     else:
-        from sso.vllm_sampler import VLLMSampler
+        from sso.generation.vllm_sampler import VLLMSampler
 
         engine = {"max_model_len": args.max_model_len,
                   "gpu_memory_utilization": args.gpu_memory_utilization}
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    from sso.models import resolve_model_path
-    from sso.sampling import vllm_available
+    from sso.models.loading import resolve_model_path
+    from sso.generation.sampling import vllm_available
 
     model_path = resolve_model_path(args.model)
     import torch

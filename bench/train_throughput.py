@@ -7,11 +7,11 @@ catalogue principles as system messages and random-word answers; the DPO pairs a
 same kind of sequences and the SSO step has exactly twice as many (``--dpo-prompt plain`` uses the
 principle-free prompt instead; its sequences are much shorter).
 
-- ``ours_dpo``    :func:`sso.trainer.train_dpo`;
+- ``ours_dpo``    :func:`sso.training.trainer.train_dpo`;
 - ``trl_dpo``     ``trl.DPOTrainer`` with its defaults (a reference forward every step);
 - ``trl_dpo_pre`` ``trl.DPOTrainer`` with ``precompute_ref_log_probs=True`` (for comparison);
-- ``ours_sso``    :func:`sso.trainer.train_sso` on the triples;
-- ``ours_dpo_x2`` :func:`sso.trainer.train_dpo` with twice the pairs per step (as many sequences per
+- ``ours_sso``    :func:`sso.training.trainer.train_sso` on the triples;
+- ``ours_dpo_x2`` :func:`sso.training.trainer.train_dpo` with twice the pairs per step (as many sequences per
   forward pass as an SSO step: separates the cost of the SSO objective from that of a bigger batch).
 
 Steps/s = 1 / median optimizer-step time, measured inside the training loop (model loading,
@@ -49,8 +49,8 @@ def build_data(tokenizer, n: int, response_words: int, seed: int, dpo_prompt: st
     import pandas as pd
     import pydoc_data.topics
 
-    from sso.chat import render_prompt
-    from sso.principles import build_catalogue_principles
+    from sso.generation.chat import render_prompt
+    from sso.data.principles import build_catalogue_principles
 
     lines = (ROOT / "sso" / "data" / "queries.jsonl").read_text().splitlines()
     queries = pd.DataFrame([json.loads(line) for line in lines[:n]]).rename(columns={"id": "query_id"})
@@ -86,7 +86,7 @@ def train_cfg(args, batch_size: int | None = None):
 
 def run_ours(kind: str, model_path: str, table, args, batch_size: int | None = None) -> dict:
     from sso.config import ModelConfig
-    from sso.trainer import train_dpo, train_sso
+    from sso.training.trainer import train_dpo, train_sso
 
     fn = train_dpo if kind == "dpo" else train_sso
     ends: list[float] = []
@@ -106,7 +106,7 @@ def run_trl(model_path: str, pairs, args, *, precompute: bool) -> dict:
     from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
-    from sso.models import load_model, load_tokenizer
+    from sso.models.loading import load_model, load_tokenizer
 
     class Clock(TrainerCallback):
         ends: list[float] = []
@@ -154,8 +154,8 @@ def main(argv=None) -> None:
     import torch
     import transformers
 
-    from sso.models import load_tokenizer
-    from sso.tiny import ensure_tiny_model
+    from sso.models.loading import load_tokenizer
+    from sso.models.tiny import ensure_tiny_model
 
     torch.set_num_threads(args.threads)
     transformers.utils.logging.disable_progress_bar()

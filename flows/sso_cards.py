@@ -1,6 +1,6 @@
-"""Metaflow side of the cards: turn :mod:`sso.cards` component specs into card components.
+"""Metaflow side of the cards: turn :mod:`sso.report.cards` component specs into card components.
 
-The content of every card is built by plain functions in ``sso/cards.py`` (no metaflow there);
+The content of every card is built by plain functions in ``sso/report/cards.py`` (no metaflow there);
 this module only maps specs to ``metaflow.cards`` components, keeps a training card live while
 the trainer runs (:class:`LiveTrainingCard`, fed by the trainer's ``on_log`` callback), and reads
 a finished run's cards through the Client API (:func:`save_step_cards`).
@@ -29,7 +29,7 @@ STEP_CARDS = (
 
 
 def to_component(spec: dict):
-    """One ``sso.cards`` spec -> a Metaflow card component."""
+    """One ``sso.report.cards`` spec -> a Metaflow card component."""
     kind = spec["type"]
     if kind == "markdown":
         return Markdown(spec["text"])
@@ -63,12 +63,12 @@ class LiveTrainingCard:
 
     It shows a status line, a progress bar and the curves, re-renders the charts from the rows
     logged so far at most every ``interval`` seconds (``SSO_CARD_REFRESH_S``, default 20), and on
-    :meth:`finish` replaces itself by the final card (:func:`sso.cards.build_training_card`).
+    :meth:`finish` replaces itself by the final card (:func:`sso.report.cards.build_training_card`).
     """
 
     def __init__(self, card, title: str, total_steps: int | None = None, *,
                  interval: float | None = None, clock: Callable[[], float] = time.monotonic):
-        from sso.cards import build_training_charts, build_training_status
+        from sso.report.cards import build_training_charts, build_training_status
 
         self.card, self.title, self.total_steps = card, title, total_steps
         self.interval = refresh_interval() if interval is None else interval
@@ -90,7 +90,7 @@ class LiveTrainingCard:
 
     def update(self) -> None:
         """Push the rows logged so far into the components and refresh the card now."""
-        from sso.cards import build_training_charts, build_training_status
+        from sso.report.cards import build_training_charts, build_training_status
 
         self.status.update(build_training_status(self.title, self.rows, self.total_steps))
         self.progress.update(int(self.rows[-1]["step"]) if self.rows else 0)
@@ -108,7 +108,7 @@ class LiveTrainingCard:
 
     def finish(self, history, summary: dict) -> None:
         """Replace the live components by the final card."""
-        from sso.cards import build_training_card
+        from sso.report.cards import build_training_card
 
         self.card.clear()
         show(self.card, build_training_card(self.title, history, summary, total_steps=self.total_steps))
@@ -149,7 +149,7 @@ def save_step_cards(pathspec: str, out_dir: str) -> tuple[list[dict], dict[str, 
 
 def live_training_card(card, title: str, n_examples: int, train_cfg, seed: int) -> LiveTrainingCard:
     """A :class:`LiveTrainingCard` that knows how many optimizer steps the trainer will take."""
-    from sso.cards import planned_steps
+    from sso.report.cards import planned_steps
 
     return LiveTrainingCard(card, title, planned_steps(n_examples, train_cfg, seed))
 

@@ -35,7 +35,7 @@ if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_
 from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, package_sources, retry, step
 from sso_decorators import (  # config-driven @resources/@timeout/@secrets; checkpoints in the datastore
     compute, compute_defaults, datastore_checkpoints, secrets_from_config)
-import sso_cards  # noqa: E402  (flows/sso_cards.py: sso.cards specs -> card components, live training card)
+import sso_cards  # noqa: E402  (flows/sso_cards.py: sso.report.cards specs -> card components, live training card)
 
 # Make `sso` and `steps` importable when the flow runs from a source checkout (locally, and on
 # remote tasks where @package_sources ships them next to this file's directory).
@@ -71,7 +71,7 @@ class SSOFlow(FlowSpec):
         return SSOConfig.from_dict(self.run_config)
 
     def _model_path(self):
-        from sso.models import resolve_model_path
+        from sso.models.loading import resolve_model_path
 
         return resolve_model_path(self._cfg().model.name)
 
@@ -84,7 +84,7 @@ class SSOFlow(FlowSpec):
     def start(self):
         """Validate the config with the run's overrides, resolve the model, record versions."""
         from sso.config import SSOConfig, validate
-        from sso.runinfo import collect_versions
+        from sso.report.runinfo import collect_versions
 
         self._maybe_fail()
         cfg = validate(SSOConfig.from_dict(self.cfg.to_dict()).replace(
@@ -140,7 +140,7 @@ class SSOFlow(FlowSpec):
     @step
     def join_samples(self, inputs):
         """Merge shards; drop and count degenerate records."""
-        from sso.cards import build_samples_card
+        from sso.report.cards import build_samples_card
         from steps.sample_responses import join_samples
 
         self.merge_artifacts(inputs, exclude=["shard", "shard_samples"])
@@ -248,7 +248,7 @@ class SSOFlow(FlowSpec):
     @step
     def judge(self):
         """Pairwise judge: this arm vs the base answers (both orders); preference-data accuracy."""
-        from sso.cards import build_judge_card
+        from sso.report.cards import build_judge_card
         from steps.judge import judge
 
         self._maybe_fail()
@@ -267,7 +267,7 @@ class SSOFlow(FlowSpec):
         """One results row per arm."""
         import pandas as pd
 
-        from sso.cards import build_compare_card
+        from sso.report.cards import build_compare_card
         from steps.compare import compare
 
         per_arm = ["arm", "n_pairs", "policy_adapter", "policy_history", "policy_summary", "answers",
@@ -291,7 +291,7 @@ class SSOFlow(FlowSpec):
     @step
     def end(self):
         """Print the summary; export preference data, adapters, results and cards; summary card."""
-        from sso.cards import build_summary_card, render_next_steps
+        from sso.report.cards import build_summary_card, render_next_steps
         from steps.compare import format_summary
         from steps.export import export_run
 

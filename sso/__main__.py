@@ -3,7 +3,7 @@
     python -m sso export <run-id> DIR [--flow SSOFlow] [--no-cards]
 
 writes a finished (or at least compared) run's results, preference data, adapters, manifest and
-card HTML to DIR, in the same layout as the flow's ``end`` step (see :mod:`sso.export`). It reads
+card HTML to DIR, in the same layout as the flow's ``end`` step (see :mod:`sso.report.export`). It reads
 the run through Metaflow's Client API: run it where the flow ran (Metaflow looks for ``.metaflow``
 upward from the current directory) or point ``METAFLOW_DATASTORE_SYSROOT_LOCAL`` at the datastore.
 Metaflow is imported only inside the command, so ``import sso`` stays Metaflow-free.
@@ -59,7 +59,7 @@ def export_past_run(run_id: str, out_dir: str, *, flow: str = "SSOFlow", cards: 
     """Export run ``run_id`` (``123`` or ``Flow/123``) to ``out_dir``; returns the written paths."""
     from metaflow import Run, namespace
 
-    from .export import write_export
+    from sso.report.export import write_export
 
     namespace(None)
     run = Run(run_id if "/" in run_id else f"{flow}/{run_id}")

@@ -67,7 +67,7 @@ class PrinciplesConfig:
     source: str = "catalogue"          # catalogue | model (a principle model writes each pair)
     n_features: int = 2                # catalogue (and catalogue fallback): features per query
     concision_prob: float = 0.2
-    # source = "model" (the published method; see sso/principle_writer.py)
+    # source = "model" (the published method; see sso/data/principle_writer.py)
     model: str = ""                    # principle model: "" = the policy itself; a local dir / HF id;
                                        #   with backend = "openai" the model name at the endpoint
     backend: str = "auto"              # auto | transformers | vllm (local model) | openai (endpoint)

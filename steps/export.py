@@ -1,6 +1,6 @@
 """Step ``end`` export: write a run's results to plain files anyone can load without Metaflow.
 
-Layout of ``out_dir`` (see :mod:`sso.export`, which also reads it back)::
+Layout of ``out_dir`` (see :mod:`sso.report.export`, which also reads it back)::
 
     manifest.json                      run, model, files with sha256, adapters with logits probes
     results.csv                        one row per arm
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sso.export import write_export
+from sso.report.export import write_export
 
 
 def export_run(out_dir: str, *, results: pd.DataFrame, sso_pairs: pd.DataFrame,

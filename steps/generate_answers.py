@@ -11,7 +11,7 @@ import pandas as pd
 
 from sso.config import SSOConfig
 from sso.progress import progress_bar
-from sso.sampling import Sampler
+from sso.generation.sampling import Sampler
 
 from .sample_responses import build_sampler, eval_params, sample_plain
 

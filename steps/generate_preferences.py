@@ -15,7 +15,7 @@ import pandas as pd
 
 from sso.config import SSOConfig
 from sso.progress import progress_bar
-from sso.sampling import Sampler
+from sso.generation.sampling import Sampler
 
 from .sample_responses import _rows, build_sampler, drop_reasons, sample_principled, sampling_params
 

@@ -6,7 +6,7 @@ model defaults to the policy itself), or an injected principle model.
 Output: ``principles`` DataFrame, one row per query in query order, with at least query_id,
 features, good_principle, bad_principle (complete system messages) and source (``catalogue``,
 ``model`` or ``fallback``); model-written rows add the parsed guidelines, the fallback reason and
-the raw replies (see :mod:`sso.principle_writer`). ``principles_report`` counts sources and
+the raw replies (see :mod:`sso.data.principle_writer`). ``principles_report`` counts sources and
 fallbacks. Side effects: none, apart from requests to a configured endpoint.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 import pandas as pd
 
 from sso.config import PrinciplesConfig
-from sso.principle_writer import (PrincipleModel, build_principle_model, generic_fallback,
+from sso.data.principle_writer import (PrincipleModel, build_principle_model, generic_fallback,
                                   principles_report, write_principles)
-from sso.principles import build_catalogue_principles
-from sso.sampling import GenerationParams
+from sso.data.principles import build_catalogue_principles
+from sso.generation.sampling import GenerationParams
 
 __all__ = ["generate_principles", "principles_report", "writer_params"]
 

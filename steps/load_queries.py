@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from sso.config import DataConfig
-from sso.queries import clean_queries, load_query_table, split_queries
+from sso.data.queries import clean_queries, load_query_table, split_queries
 
 
 def load_queries(cfg: DataConfig, *, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:

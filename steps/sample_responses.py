@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sso.chat import render_prompt
+from sso.generation.chat import render_prompt
 from sso.config import SSOConfig
 from sso.progress import progress_bar
-from sso.sampling import GenerationParams, Sampler, choose_backend, make_sampler
+from sso.generation.sampling import GenerationParams, Sampler, choose_backend, make_sampler
 
 
 def plan_shards(queries: pd.DataFrame, eval_queries: pd.DataFrame | None, n_shards: int, *,
@@ -64,7 +64,7 @@ def eval_params(cfg: SSOConfig) -> GenerationParams:
 def build_sampler(cfg: SSOConfig, model_path: str, adapter: dict[str, bytes] | None = None) -> Sampler:
     """The configured sampling engine; vLLM gets the ``[sampling]`` engine options and run seed."""
     if choose_backend(cfg.sampling.backend) == "vllm":
-        from sso.vllm_sampler import VLLMSampler, engine_options
+        from sso.generation.vllm_sampler import VLLMSampler, engine_options
 
         return VLLMSampler(model_path, model_cfg=cfg.model, adapter=adapter,
                            engine=engine_options(cfg.sampling), seed=cfg.run.seed)

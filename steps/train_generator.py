@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sso.chat import render_prompt
+from sso.generation.chat import render_prompt
 from sso.config import SSOConfig
-from sso.models import load_tokenizer
+from sso.models.loading import load_tokenizer
 
 
 def train_generator(sso_triples: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
                     checkpoint_dir: str | None = None, progress: bool = True, on_log=None):
-    from sso.trainer import train_sso
+    from sso.training.trainer import train_sso
 
     if sso_triples.empty:
         raise ValueError("no SSO triples to train the generator on (all sampled records were "

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sso.chat import render_prompt
+from sso.generation.chat import render_prompt
 from sso.config import SSOConfig
-from sso.models import load_tokenizer
+from sso.models.loading import load_tokenizer
 
 
 def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
                  checkpoint_dir: str | None = None, progress: bool = True, on_log=None):
-    from sso.trainer import train_dpo
+    from sso.training.trainer import train_dpo
 
     if pairs.empty:
         raise ValueError(f"arm {arm!r} has no preference pairs to train on")

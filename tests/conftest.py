@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> str:
     """Path of the tiny random Llama (``sso-tiny``) built once into a session temp dir."""
-    from sso.tiny import ensure_tiny_model
+    from sso.models.tiny import ensure_tiny_model
 
     return str(ensure_tiny_model(tmp_path_factory.mktemp("tiny-model")))
 
@@ -16,7 +16,7 @@ def tiny_model_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_path):
     """The tiny model's tokenizer, loaded through the project's loader."""
-    from sso.models import load_tokenizer
+    from sso.models.loading import load_tokenizer
 
     return load_tokenizer(tiny_model_path)
 
@@ -24,7 +24,7 @@ def tiny_tokenizer(tiny_model_path):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_path):
     """The tiny model in float32 on CPU, eval mode (tests must not modify its weights)."""
-    from sso.models import load_model
+    from sso.models.loading import load_model
 
     return load_model(tiny_model_path, dtype="float32", device="cpu")
 

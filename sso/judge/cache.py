@@ -38,7 +38,7 @@ def compute_cache_key(judge_id: str, prompt_version: str, instruction: str,
 
 
 def default_judge_cache_dir() -> Path:
-    from ..tiny import default_cache_dir
+    from sso.models.tiny import default_cache_dir
 
     return default_cache_dir() / "judge"
 

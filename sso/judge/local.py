@@ -1,6 +1,6 @@
 """The local judge: the same judge prompt, decided by a local transformers model.
 
-The model reads the judge messages rendered with its own chat template (``sso.chat.render_prompt``,
+The model reads the judge messages rendered with its own chat template (``sso.generation.chat.render_prompt``,
 ending with the assistant header) and the verdict is the label whose token has the larger
 next-token log-probability: a forced choice between ``A`` and ``B``, so every verdict is parsable
 (for the random ``sso-tiny`` model it is arbitrary, which is all a smoke test needs). The raw output
@@ -18,14 +18,14 @@ import logging
 import math
 from typing import Any, Callable
 
-from .prompts import LABELS
+from sso.judge.prompts import LABELS
 
 log = logging.getLogger("sso.judge")
 
 
 def local_judge_id(model_name: str, dtype: str, revision: str = "") -> str:
     """Cache identity of a local judge: model (tiny recipe version for ``sso-tiny``), revision, dtype."""
-    from ..tiny import TINY_NAME, TINY_VERSION
+    from sso.models.tiny import TINY_NAME, TINY_VERSION
 
     name = f"{TINY_NAME}-v{TINY_VERSION}" if model_name == TINY_NAME else model_name
     rev = f"@{revision}" if revision else ""
@@ -54,7 +54,7 @@ class LocalJudge:
     def load(self) -> "LocalJudge":
         """Load the model and tokenizer (once; a run whose judgments are all cached never does)."""
         if self.tokenizer is None or self.model is None:
-            from ..models import load_model, load_tokenizer, resolve_model_path
+            from sso.models.loading import load_model, load_tokenizer, resolve_model_path
 
             kw = self._load_kwargs
             path = resolve_model_path(self.model_name)
@@ -84,7 +84,7 @@ class LocalJudge:
         return min(limits) if limits else 4096
 
     def render(self, messages: list[dict[str, str]]) -> str:
-        from ..chat import render_prompt
+        from sso.generation.chat import render_prompt
 
         system = next((m["content"] for m in messages if m["role"] == "system"), None)
         user = next(m["content"] for m in messages if m["role"] == "user")
@@ -95,7 +95,7 @@ class LocalJudge:
 
     def encode(self, messages: list[dict[str, str]]) -> tuple[list[int], bool]:
         """Prompt ids (replies truncated to fit the context if needed) and whether we truncated."""
-        from ..chat import encode_prompt
+        from sso.generation.chat import encode_prompt
 
         ids = encode_prompt(self.tokenizer, self.render(messages))
         limit = self._context_limit()
@@ -104,8 +104,8 @@ class LocalJudge:
         return self._encode_truncated(messages, limit), True
 
     def _encode_truncated(self, messages: list[dict[str, str]], limit: int) -> list[int]:
-        from ..chat import encode_prompt
-        from .prompts import PAIRWISE
+        from sso.generation.chat import encode_prompt
+        from sso.judge.prompts import PAIRWISE
 
         user = next(m["content"] for m in messages if m["role"] == "user")
         # recover the two replies from the rendered template is fragile; we re-render from parts
@@ -174,7 +174,7 @@ def _split_pairwise_user(user: str) -> tuple[str, str, str] | None:
     """Inverse of the PAIRWISE user template: (instruction, reply A, reply B), or None."""
     import re
 
-    from .prompts import PAIRWISE
+    from sso.judge.prompts import PAIRWISE
 
     pattern = re.escape(PAIRWISE.user)
     for name in ("instruction", "output_a", "output_b"):

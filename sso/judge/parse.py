@@ -19,7 +19,7 @@ import math
 import re
 from typing import Mapping
 
-from .prompts import LABELS
+from sso.judge.prompts import LABELS
 
 # A remote judge's label log-probs decide only where the judge put at least this much probability
 # on the two labels at the first position; otherwise its text decides (a judge that is not

@@ -24,9 +24,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol as _Protocol
 
-from .cache import JudgeCache, compute_cache_key
-from .parse import decide_verdict
-from .prompts import LABELS, PROMPT_VERSION, render_judge_messages
+from sso.judge.cache import JudgeCache, compute_cache_key
+from sso.judge.parse import decide_verdict
+from sso.judge.prompts import LABELS, PROMPT_VERSION, render_judge_messages
 
 log = logging.getLogger("sso.judge")
 
@@ -127,7 +127,7 @@ def run_judgments(requests: list[JudgeRequest], backend: JudgeBackend, cache: Ju
     lock = threading.Lock()
     bar = None
     if progress and todo:
-        from ..progress import progress_bar
+        from sso.progress import progress_bar
 
         bar = progress_bar(len(todo), desc, unit="req")
 

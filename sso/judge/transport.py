@@ -33,10 +33,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from ..config import ConfigError, JudgeConfig
-from ..endpoints import DEFAULT_BASE_URL, api_key_from_env, describe_endpoint
-from .parse import collect_label_logprobs
-from .prompts import MAX_TOKENS, TOP_LOGPROBS
+from sso.config import ConfigError, JudgeConfig
+from sso.clients import DEFAULT_BASE_URL, api_key_from_env, describe_endpoint
+from sso.judge.parse import collect_label_logprobs
+from sso.judge.prompts import MAX_TOKENS, TOP_LOGPROBS
 
 log = logging.getLogger("sso.judge")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch  # noqa: F401  before metaflow: metaflow's vendored typing_extensions breaks a later torch import
 
-from sso.cards import arm_table_row, fmt, truncate
+from sso.report.cards import arm_table_row, fmt, truncate
 
 REPO = Path(__file__).resolve().parents[2]
 FLOW = str(REPO / "flows" / "sso_flow.py")
@@ -160,7 +160,7 @@ def _training_card_matches(comps, history, summary, pairs):
 
 def test_generator_training_card(small_run):
     data = small_run["run"].data
-    from sso.cards import TRAINING_PAIRS
+    from sso.report.cards import TRAINING_PAIRS
 
     comps = the_card(small_run, "train_generator")
     _training_card_matches(comps, data.generator_history, data.generator_summary, TRAINING_PAIRS["sso"])
@@ -169,7 +169,7 @@ def test_generator_training_card(small_run):
 
 
 def test_policy_training_cards(small_run):
-    from sso.cards import TRAINING_PAIRS
+    from sso.report.cards import TRAINING_PAIRS
 
     for task in small_run["run"]["train_policy"]:
         comps = the_card(small_run, "train_policy", task.id)
@@ -275,9 +275,9 @@ def test_run_exports_load_and_reproduce_the_logged_logits(small_run):
     from datasets import load_dataset
     from peft import PeftModel
 
-    from sso.export import load_manifest
-    from sso.models import load_model, resolve_model_path
-    from sso.probe import compute_logits_probe, probe_matches
+    from sso.report.export import load_manifest
+    from sso.models.loading import load_model, resolve_model_path
+    from sso.training.probe import compute_logits_probe, probe_matches
 
     data = small_run["run"].data
     exported = data.exported

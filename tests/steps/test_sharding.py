@@ -23,7 +23,7 @@ N_QUERIES, N_EVAL, N_GEN = 7, 4, 5   # 7 is not a multiple of 3: uneven shards
 def setup(tiny_model_path):
     import torch
 
-    from sso.sampling import TransformersSampler
+    from sso.generation.sampling import TransformersSampler
 
     # One intra-op thread: a 2 M-parameter model gains nothing from more, and on a shared 2-core
     # machine a second spinning thread makes each generate call ~10x slower.

@@ -1,4 +1,4 @@
-"""Card content (sso.cards, pure) and the Metaflow adapter (flows/sso_cards.py) without a flow run."""
+"""Card content (sso.report.cards, pure) and the Metaflow adapter (flows/sso_cards.py) without a flow run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sso import cards
+from sso.report import cards
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "flows"))
 import sso_cards  # noqa: E402  (flows/sso_cards.py)
@@ -283,9 +283,9 @@ def test_live_training_card_updates_at_most_once_per_interval():
 
 def test_trainer_feeds_the_live_card_every_logged_row(tiny_model_path, tiny_tokenizer, torch_single_thread):
     """train_dpo(on_log=...) hands over each history row as it is logged, equal to the history."""
-    from sso.chat import render_prompt
+    from sso.generation.chat import render_prompt
     from sso.config import ModelConfig, TrainConfig
-    from sso.trainer import train_dpo
+    from sso.training.trainer import train_dpo
 
     table = pd.DataFrame({"query_id": [f"q{i}" for i in range(6)],
                           "prompt_text": [render_prompt(tiny_tokenizer, f"question {i}") for i in range(6)],
@@ -306,7 +306,7 @@ def test_card_and_export_modules_do_not_import_metaflow():
     """sso/ stays Metaflow-free at import (the CLI imports it only inside the command)."""
     import subprocess
 
-    code = ("import sys, sso.cards, sso.export, sso.progress, sso.probe, sso.__main__; "
+    code = ("import sys, sso.report.cards, sso.report.export, sso.progress, sso.training.probe, sso.__main__; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('metaflow', 'torch')); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2],

@@ -2,8 +2,8 @@
 
 import pytest
 
-from sso.adapters import read_adapter, write_adapter
-from sso.chat import build_messages, encode_prompt, encode_response, render_prompt
+from sso.training.adapters import read_adapter, write_adapter
+from sso.generation.chat import build_messages, encode_prompt, encode_response, render_prompt
 
 
 def test_principle_goes_in_the_system_message(tiny_tokenizer):

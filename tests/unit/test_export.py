@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from sso.chat import render_prompt
+from sso.generation.chat import render_prompt
 from sso.config import ModelConfig, TrainConfig
-from sso.probe import compute_logits_probe, probe_matches
+from sso.training.probe import compute_logits_probe, probe_matches
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -42,7 +42,7 @@ def pairs() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def export(tiny_model_path, tiny_tokenizer, pairs, tmp_path_factory):
     """Train a tiny policy for a few steps, then export it the way the flow's ``end`` does."""
-    from sso.trainer import train_dpo
+    from sso.training.trainer import train_dpo
     from steps.compare import compare
     from steps.export import export_run
 
@@ -80,7 +80,7 @@ def test_layout_and_manifest(export, pairs):
 
 
 def test_jsonl_and_parquet_hold_the_same_pairs(export, pairs):
-    from sso.export import load_preferences
+    from sso.report.export import load_preferences
 
     out, _, _ = export
     parquet = load_preferences(out, "sso")
@@ -98,7 +98,7 @@ def test_exported_parquet_trains_one_trl_dpo_step(export, tiny_model_path, tiny_
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
-    from sso.models import load_model
+    from sso.models.loading import load_model
 
     out, written, _ = export
     ds = load_dataset("parquet", data_files=written["preferences_sso"], split="train")
@@ -123,8 +123,8 @@ def test_exported_adapter_reproduces_the_logged_logits(export, tiny_model_path):
     """PeftModel.from_pretrained on the exported directory == the model as it was after training."""
     from peft import PeftModel
 
-    from sso.export import load_adapter_model
-    from sso.models import load_model
+    from sso.report.export import load_adapter_model
+    from sso.models.loading import load_model
 
     out, written, result = export
     logged = result.summary["logits_probe"]
@@ -137,7 +137,7 @@ def test_exported_adapter_reproduces_the_logged_logits(export, tiny_model_path):
 
 
 def test_probe_is_a_fixed_function_of_the_vocab():
-    from sso.probe import probe_input_ids
+    from sso.training.probe import probe_input_ids
 
     ids = probe_input_ids(4096)
     assert ids == probe_input_ids(4096) and len(ids) == 16 and all(0 <= i < 4096 for i in ids)
@@ -151,12 +151,12 @@ def test_probe_is_a_fixed_function_of_the_vocab():
 
 
 def test_write_export_rejects_tables_without_pair_columns(tmp_path):
-    from sso.export import write_export
+    from sso.report.export import write_export
 
     with pytest.raises(ValueError, match=r"preferences\['sso'\] lacks column\(s\) \['rejected'\]"):
         write_export(tmp_path, results=pd.DataFrame({"arm": ["sso"]}),
                      preferences={"sso": pd.DataFrame({"prompt": ["p"], "chosen": ["c"]})}, adapters={})
     with pytest.raises(FileNotFoundError, match="not an sso export"):
-        from sso.export import load_manifest
+        from sso.report.export import load_manifest
 
         load_manifest(tmp_path / "empty")

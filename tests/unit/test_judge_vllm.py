@@ -34,7 +34,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory):
-    from sso.tiny import ensure_tiny_model
+    from sso.models.tiny import ensure_tiny_model
 
     model_dir = ensure_tiny_model()
     scratch = tmp_path_factory.mktemp("vllm-tmp")

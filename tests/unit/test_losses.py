@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sso.losses import (
+from sso.training.losses import (
     BASE_LOSSES,
     PairLogps,
     base_pair_loss,

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from judge_server import JudgeServer  # noqa: E402
 
 from sso.config import SSOConfig  # noqa: E402
-from sso.principle_writer import (  # noqa: E402
+from sso.data.principle_writer import (  # noqa: E402
     EXAMPLES,
     OUTPUT_COLUMNS,
     generic_fallback,
@@ -25,8 +25,8 @@ from sso.principle_writer import (  # noqa: E402
     render_principle_message,
     write_principles,
 )
-from sso.principles import FALLBACK_BAD, FALLBACK_GOOD, build_catalogue_principles  # noqa: E402
-from sso.sampling import GenerationParams  # noqa: E402
+from sso.data.principles import FALLBACK_BAD, FALLBACK_GOOD, build_catalogue_principles  # noqa: E402
+from sso.generation.sampling import GenerationParams  # noqa: E402
 from steps.generate_principles import generate_principles  # noqa: E402
 
 BAD = "Answer in vague terms, skip every concrete step and leave the main question open."
@@ -292,7 +292,7 @@ def test_step_with_an_endpoint_retries_bounds_concurrency_and_keeps_the_key_out(
 
 
 def test_endpoint_sampler_redacts_the_key_and_refuses_pickling(monkeypatch):
-    from sso.openai_sampler import EndpointError, OpenAISampler
+    from sso.generation.openai_sampler import EndpointError, OpenAISampler
 
     monkeypatch.setenv(KEY_ENV, SECRET)
     with JudgeServer(_endpoint_rule, model="writer") as server:
@@ -316,7 +316,7 @@ def test_endpoint_sampler_redacts_the_key_and_refuses_pickling(monkeypatch):
 
 
 def test_endpoint_needs_the_key_variable_unless_local(monkeypatch):
-    from sso.openai_sampler import OpenAISampler
+    from sso.generation.openai_sampler import OpenAISampler
 
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(ValueError, match=f"environment variable {KEY_ENV}"):

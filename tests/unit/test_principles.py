@@ -1,4 +1,4 @@
-"""Unit tests for sso.principles (feature catalogue, seeded choice, system messages)."""
+"""Unit tests for sso.data.principles (feature catalogue, seeded choice, system messages)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 import pandas as pd
 import pytest
 
-from sso import principles as P
-from sso.principles import (
+from sso.data import principles as P
+from sso.data.principles import (
     ALL_FEATURES,
     CONCISION,
     FALLBACK_BAD,
@@ -87,7 +87,7 @@ def test_all_principle_texts_unique():
 
 def test_module_does_not_import_heavy_dependencies():
     code = (
-        "import sys; import sso.principles; "
+        "import sys; import sso.data.principles; "
         "bad = [m for m in ('metaflow', 'vllm', 'openai', 'torch') if m in sys.modules]; "
         "print(','.join(bad))"
     )
@@ -113,7 +113,7 @@ def test_choose_features_stable_across_processes():
     # A fresh interpreter (different PYTHONHASHSEED) must agree: no use of hash().
     ids = ["a", "b", "query-42", "ü-ñ"]
     code = (
-        "import json; from sso.principles import choose_features; "
+        "import json; from sso.data.principles import choose_features; "
         f"print(json.dumps([choose_features(q, seed=11) for q in {ids!r}]))"
     )
     import json

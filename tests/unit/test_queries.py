@@ -1,4 +1,4 @@
-"""Unit tests for sso.queries: the shipped query set, the loaders, cleaning and splitting."""
+"""Unit tests for sso.data.queries: the shipped query set, the loaders, cleaning and splitting."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sso.queries import (
+from sso.data.queries import (
     builtin_queries_path,
     clean_queries,
     load_query_table,
@@ -349,7 +349,7 @@ def test_module_import_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys, sso.queries; "
+    code = ("import sys, sso.data.queries; "
             "print(sorted(m for m in ('datasets', 'metaflow', 'vllm', 'openai') "
             "if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

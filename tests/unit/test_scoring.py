@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from sso.chat import encode_prompt, encode_response, render_prompt
-from sso.scoring import build_batch, score_responses, sequence_logps, truncate_pair
+from sso.generation.chat import encode_prompt, encode_response, render_prompt
+from sso.training.scoring import build_batch, score_responses, sequence_logps, truncate_pair
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_sequence_logps_matches_manual_and_ignores_padding(tiny_model, tiny_toke
 
 
 def test_sequence_logps_is_differentiable(tiny_model_path, tiny_tokenizer, prompts):
-    from sso.models import load_model
+    from sso.models.loading import load_model
 
     model = load_model(tiny_model_path, dtype="float32", device="cpu")
     logps, _ = sequence_logps(model, build_batch(tiny_tokenizer, prompts[:2], RESPONSES[:2], 512))
@@ -121,8 +121,8 @@ def test_score_responses_dataframe_in_input_order(tiny_model, tiny_tokenizer, pr
 
 def test_head_only_on_response_positions_matches_full_forward(tiny_model_path, tiny_tokenizer, prompts):
     """The fast path (LM head on response positions only) equals the model's own full forward."""
-    from sso.models import load_model
-    from sso.scoring import _head_split
+    from sso.models.loading import load_model
+    from sso.training.scoring import _head_split
 
     fast = load_model(tiny_model_path, dtype="float32", device="cpu")
     slow = load_model(tiny_model_path, dtype="float32", device="cpu")

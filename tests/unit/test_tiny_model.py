@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from sso.tiny import build_tiny_model, ensure_tiny_model
+from sso.models.tiny import build_tiny_model, ensure_tiny_model
 
 
 def _digest(directory):

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-import sso.trainer as trainer_mod
-from sso.adapters import read_adapter  # noqa: F401  (documents the adapter contract)
-from sso.chat import render_prompt
+import sso.training.trainer as trainer_mod
+from sso.training.adapters import read_adapter  # noqa: F401  (documents the adapter contract)
+from sso.generation.chat import render_prompt
 from sso.config import LoraConfig, ModelConfig, TrainConfig
-from sso.trainer import SSO_OBJECTIVE, TrainResult, build_schedule, optimizer_step, train_dpo, train_sso
+from sso.training.trainer import SSO_OBJECTIVE, TrainResult, build_schedule, optimizer_step, train_dpo, train_sso
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -219,9 +219,9 @@ def test_dpo_loss_equals_trl(tiny_model_path, tiny_tokenizer, pairs, tmp_path):
     from peft import LoraConfig as PeftLora
     from trl import DPOConfig, DPOTrainer
 
-    from sso.losses import dpo_loss
-    from sso.models import load_model
-    from sso.scoring import build_batch, sequence_logps
+    from sso.training.losses import dpo_loss
+    from sso.models.loading import load_model
+    from sso.training.scoring import build_batch, sequence_logps
 
     sub = pairs.iloc[:4]
     ds = Dataset.from_dict({"prompt": list(sub["prompt_text"]), "chosen": list(sub["chosen"]),

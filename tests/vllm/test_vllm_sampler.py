@@ -17,8 +17,8 @@ import tempfile
 
 import pytest
 
-from sso.chat import encode_prompt, render_prompt
-from sso.sampling import GenerationParams
+from sso.generation.chat import encode_prompt, render_prompt
+from sso.generation.sampling import GenerationParams
 
 pytestmark = [
     pytest.mark.vllm,
@@ -42,8 +42,8 @@ def lora_adapter(tiny_model_path, tmp_path_factory):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from sso.adapters import read_adapter
-    from sso.models import load_model
+    from sso.training.adapters import read_adapter
+    from sso.models.loading import load_model
 
     model = get_peft_model(load_model(tiny_model_path, dtype="float32", device="cpu"),
                            LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
@@ -72,7 +72,7 @@ def vllm_sampler(tiny_model_path, lora_adapter, tmp_path_factory):
     except Exception as exc:   # e.g. CUDA-built torchvision beside a CPU torch
         pytest.skip(f"vllm is installed but cannot be imported: {type(exc).__name__}: {exc}")
     from sso.config import ModelConfig
-    from sso.vllm_sampler import VLLMSampler
+    from sso.generation.vllm_sampler import VLLMSampler
 
     sampler = VLLMSampler(tiny_model_path, model_cfg=ModelConfig(dtype="float32"),
                           adapter=lora_adapter, engine={"max_model_len": 512})
@@ -98,7 +98,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def hf_base(tiny_model_path, one_thread):
-    from sso.sampling import TransformersSampler
+    from sso.generation.sampling import TransformersSampler
 
     sampler = TransformersSampler(tiny_model_path, dtype="float32", device="cpu", batch_size=4)
     yield sampler
@@ -107,7 +107,7 @@ def hf_base(tiny_model_path, one_thread):
 
 @pytest.fixture(scope="module")
 def hf_lora(tiny_model_path, lora_adapter, one_thread):
-    from sso.sampling import TransformersSampler
+    from sso.generation.sampling import TransformersSampler
 
     sampler = TransformersSampler(tiny_model_path, dtype="float32", device="cpu", batch_size=4,
                                   adapter=lora_adapter)
@@ -219,7 +219,7 @@ def test_seeded_sampling_of_many_long_prompts(vllm_sampler):
 # ------------------------------------------------------------------ prompts and ids
 
 def test_same_prompt_string_and_ids_in_both_engines_and_scoring(vllm_sampler, hf_base):
-    from sso.scoring import encode_pairs
+    from sso.training.scoring import encode_pairs
 
     prompts_v, prompts_h = _prompts(vllm_sampler.tokenizer), _prompts(hf_base.tokenizer)
     assert prompts_v == prompts_h
@@ -258,7 +258,7 @@ class _BaseOnly:
 # ------------------------------------------------------------------ pure helpers (no engine)
 
 def test_lora_rank_rounds_up_to_a_vllm_rank():
-    from sso.vllm_sampler import lora_rank_for
+    from sso.generation.vllm_sampler import lora_rank_for
 
     assert [lora_rank_for(r) for r in (1, 2, 8, 9, 64, 300, 512)] == [1, 8, 8, 16, 64, 320, 512]
     with pytest.raises(ValueError, match="larger than vLLM's maximum"):
@@ -267,7 +267,7 @@ def test_lora_rank_rounds_up_to_a_vllm_rank():
 
 def test_sampling_params_per_prompt():
     pytest.importorskip("vllm")
-    from sso.vllm_sampler import build_sampling_params, prompt_seed
+    from sso.generation.vllm_sampler import build_sampling_params, prompt_seed
 
     sp = build_sampling_params(GenerationParams(temperature=0.7, top_p=0.8, n=2, seed=3,
                                                 max_new_tokens=9), ["a", "b"], [5, 7])

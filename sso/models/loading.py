@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .tiny import TINY_NAME, ensure_tiny_model
+from sso.models.tiny import TINY_NAME, ensure_tiny_model
 
 
 def resolve_model_path(name: str) -> str:

@@ -14,7 +14,7 @@ Layout of an export directory (written by the flow's ``end`` step and by
 
 Reading back, no Metaflow needed::
 
-    from sso.export import load_manifest, load_preferences, load_adapter_model
+    from sso.report.export import load_manifest, load_preferences, load_adapter_model
     prefs = load_preferences("out/SSOFlow-123", "sso")          # DataFrame
     model = load_adapter_model("out/SSOFlow-123", "policy-sso")  # base + LoRA, eval mode
 """
@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .adapters import write_adapter
+from sso.training.adapters import write_adapter
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -150,8 +150,8 @@ def load_adapter_model(export_dir: str | os.PathLike, name: str, *, base_model: 
     ``base_model`` defaults to the model the adapter was trained on (from the manifest; the tiny
     model is rebuilt offline when its recorded directory is gone).
     """
-    from .models import load_model, resolve_model_path
-    from .tiny import TINY_NAME
+    from sso.models.loading import load_model, resolve_model_path
+    from sso.models.tiny import TINY_NAME
 
     manifest = load_manifest(export_dir)
     entry = manifest.get("adapters", {}).get(name)

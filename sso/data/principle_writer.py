@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, Protocol, Sequence
 
 import pandas as pd
 
-from .principles import FALLBACK_BAD, FALLBACK_GOOD, POLARITY_WORDS
+from sso.data.principles import FALLBACK_BAD, FALLBACK_GOOD, POLARITY_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class SamplerPrincipleModel:
         self.sampler, self.name = sampler, name
 
     def complete(self, user_messages: Sequence[str], params) -> list[str | BaseException]:
-        from .chat import render_prompt
+        from sso.generation.chat import render_prompt
 
         if not user_messages:
             return []
@@ -245,7 +245,7 @@ class SamplerPrincipleModel:
 
 
 class EndpointPrincipleModel:
-    """An :class:`~sso.openai_sampler.OpenAISampler`; failed requests come back as exceptions."""
+    """An :class:`~sso.generation.openai_sampler.OpenAISampler`; failed requests come back as exceptions."""
 
     def __init__(self, sampler):
         self.sampler, self.name = sampler, f"openai:{sampler.model}"
@@ -262,15 +262,15 @@ class EndpointPrincipleModel:
 def build_principle_model(pcfg, *, policy_model_path: str | None, model_cfg: Any) -> PrincipleModel:
     """The principle model a ``[principles]`` config names (built once per task)."""
     if pcfg.backend == "openai":
-        from .openai_sampler import OpenAISampler
+        from sso.generation.openai_sampler import OpenAISampler
 
         return EndpointPrincipleModel(OpenAISampler(
             pcfg.model, base_url=pcfg.base_url, api_key_env=pcfg.api_key_env,
             max_concurrency=pcfg.max_concurrency, max_retries=pcfg.max_retries,
             timeout_s=pcfg.timeout_s))
-    from .config import ModelConfig
-    from .models import resolve_model_path
-    from .sampling import make_sampler
+    from sso.config import ModelConfig
+    from sso.models.loading import resolve_model_path
+    from sso.generation.sampling import make_sampler
 
     model_cfg = model_cfg if model_cfg is not None else ModelConfig()
     if pcfg.model:

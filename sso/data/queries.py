@@ -83,7 +83,7 @@ _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
 def builtin_queries_path() -> Path:
     """Path of the shipped query set (``sso/data/queries.jsonl``)."""
-    return Path(__file__).resolve().parent / "data" / "queries.jsonl"
+    return Path(__file__).resolve().parent / "queries.jsonl"
 
 
 # --------------------------------------------------------------------------------------------

