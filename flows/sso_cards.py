@@ -17,17 +17,6 @@ from metaflow.cards import Markdown, ProgressBar, Table, VegaChart
 REFRESH_ENV = "SSO_CARD_REFRESH_S"
 DEFAULT_REFRESH_S = 20.0   # each refresh starts a card-render process: keep it rare on small machines
 
-# (step, card id, what it shows): the cards of the flow, in DAG order.
-STEP_CARDS = (
-    ("join_samples", "samples", "counts, principle sources, example triples"),
-    ("train_generator", "training", "SSO generator: loss, per-pair margin/accuracy, LR, tokens/s"),
-    ("train_policy", "training", "DPO policy per arm: loss, margin/accuracy, LR, tokens/s"),
-    ("judge", "judge", "one arm vs base: outcomes, usage, example judgments with raw text"),
-    ("compare", "compare", "the arm table and charts, example judgments"),
-    ("end", "summary", "this page"),
-)
-
-
 def to_component(spec: dict):
     """One ``sso.report.cards`` spec -> a Metaflow card component."""
     kind = spec["type"]
@@ -115,36 +104,13 @@ class LiveTrainingCard:
 
 
 def save_step_cards(pathspec: str, out_dir: str) -> tuple[list[dict], dict[str, str]]:
-    """Write the HTML of every card of run ``pathspec`` (``Flow/run``) to ``out_dir/cards/``.
-
-    Returns (one dict per card: step, task, id, what, in DAG order; {"step/task": file}). Cards
-    not rendered yet (the calling step's own) are listed without a file.
-    """
+    """The HTML of every card of run ``pathspec`` (``Flow/run``) in ``out_dir/cards/``
+    (:func:`sso.report.card_files.write_card_files`)."""
     from metaflow import Run
-    from metaflow.cards import get_cards
 
-    run = Run(pathspec, _namespace_check=False)
-    what = {(s, i): w for s, i, w in STEP_CARDS}
-    listed, files = [], {}
-    os.makedirs(os.path.join(out_dir, "cards"), exist_ok=True)
-    for step_name, card_id, _ in STEP_CARDS:
-        try:
-            step = run[step_name]
-        except KeyError:
-            continue
-        for task in sorted(step, key=lambda t: int(t.id)):
-            entry = {"step": step_name, "task": task.id, "id": card_id, "what": what[(step_name, card_id)]}
-            try:
-                cards = list(get_cards(task, id=card_id))
-            except Exception:   # noqa: BLE001 - a card that is not there yet is not an error here
-                cards = []
-            if cards:
-                path = os.path.join(out_dir, "cards", f"{step_name}-{task.id}.html")
-                with open(path, "w", encoding="utf-8") as f:
-                    f.write(cards[0].get())
-                files[f"{step_name}/{task.id}"] = os.path.abspath(path)
-            listed.append(entry)
-    return listed, files
+    from sso.report.card_files import write_card_files
+
+    return write_card_files(Run(pathspec, _namespace_check=False), out_dir)
 
 
 def live_training_card(card, title: str, n_examples: int, train_cfg, seed: int) -> LiveTrainingCard:
@@ -162,3 +128,22 @@ def save_step_cards_safely(pathspec: str, out_dir: str) -> tuple[list[dict], dic
     except Exception as exc:   # noqa: BLE001 - exporting card copies is a convenience
         print(f"cards not exported ({type(exc).__name__}: {exc}); use `card get` instead")
         return [], {}
+
+
+def finish_run(card, flow, out_dir: str, *, flow_file: str, root: str) -> str:
+    """``end``'s cards: copy every step card to ``out_dir/cards/``, fill the summary card; returns
+    the console's "what was produced and what to try next" text."""
+    from metaflow import current
+
+    from sso.report.cards import build_summary_card, render_next_steps
+
+    cards, card_files = save_step_cards_safely(f"{current.flow_name}/{current.run_id}", out_dir)
+    show(card, build_summary_card(
+        flow_name=current.flow_name, run_id=current.run_id, config=flow.run_config,
+        results=flow.results, sampling_report=flow.sampling_report,
+        generator_summary=flow.generator_summary, policy_summaries=flow.policy_summaries,
+        step_cards=cards, exported=flow.exported, card_files=card_files))
+    return render_next_steps(flow_file=os.path.relpath(os.path.abspath(flow_file)), run_id=current.run_id,
+                             out_dir=os.path.abspath(out_dir), exported=flow.exported,
+                             configs_dir=os.path.relpath(os.path.join(root, "configs")),
+                             n_card_files=len(card_files))

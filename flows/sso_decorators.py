@@ -20,7 +20,9 @@ task and every deploy command alike)::
 
 ``@compute_defaults("cfg")`` on the flow class gives every step that has no ``@compute`` of its own
 ``@compute(resources=cfg.resources.default)``, so no step falls back to Metaflow's built-in
-defaults (e.g. the plain ``python:3.x`` image, which lacks this package's dependencies).
+defaults (e.g. the plain ``python:3.x`` image, which lacks this package's dependencies). It also
+gives every step ``@failure_point``: a no-op unless ``SSO_FAIL_AT_STEP`` names the step, in which
+case the step raises before its body runs (how the tests exercise ``@retry`` and ``resume``).
 
 ``@datastore_checkpoints`` on a training step gives it a checkpoint directory
 (``os.environ["SSO_CHECKPOINT_DIR"]``) that a retried attempt finds again, also when the retry runs
@@ -32,7 +34,11 @@ from the secrets manager at start; the deployment spec holds only the secret's *
 default empty list nothing is added and a local run reads the key from its own environment.
 """
 
+import os
+
 from metaflow import FlowMutator, StepMutator, user_step_decorator
+
+FAIL_ENV = "SSO_FAIL_AT_STEP"   # test hook: name of a step that raises (exercises retry and resume)
 
 # Attributes of the platform decorators that a [resources.*] table may set; queue is Batch only.
 _PLATFORM_KEYS = {"batch": ("image", "queue", "shared_memory"),
@@ -106,6 +112,15 @@ class compute_defaults(FlowMutator):
         for _name, mutable_step in mutable_flow.steps:
             if not mutable_step.has_decorator("compute"):
                 mutable_step.add_decorator(compute, deco_kwargs={"resources": default})
+            mutable_step.add_decorator(failure_point, duplicates=mutable_step.IGNORE)
+
+
+@user_step_decorator
+def failure_point(step_name, flow, inputs=None, attributes=None):
+    """Raise in the step that ``$SSO_FAIL_AT_STEP`` names (read when the task runs); else a no-op."""
+    if os.environ.get(FAIL_ENV) == step_name:
+        raise RuntimeError(f"{FAIL_ENV}={step_name}: injected failure")
+    yield
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,9 +21,13 @@ Steps:
     compare               results: one row per arm
     end                   printed summary and exported files
 
-This file is the only place that imports metaflow; each step hands plain data to ``steps.*``.
+The Metaflow layer is this file and its two neighbours (``sso_decorators.py``: config-driven step
+decorators; ``sso_cards.py``: card components); ``sso/`` and ``steps/`` never import metaflow at
+module load. Each step hands plain data to one ``steps.<name>`` function and stores what it returns.
 """
 
+import functools
+import json
 import os
 import sys
 
@@ -46,10 +50,16 @@ if _ROOT not in sys.path:
 from sso.config import parse_config_text  # noqa: E402  (light: no torch/metaflow/vllm imports)
 
 DEFAULT_CONFIG = os.path.join(_ROOT, "configs", "tiny.toml")
-FAIL_ENV = "SSO_FAIL_AT_STEP"   # test hook: name of a step that raises (exercises resume)
 
 
-@compute_defaults("cfg")   # [resources.default] for steps without @compute
+@functools.lru_cache(maxsize=4)
+def _config_from_json(text: str):
+    from sso.config import SSOConfig
+
+    return SSOConfig.from_dict(json.loads(text))
+
+
+@compute_defaults("cfg")   # [resources.default] for steps without @compute; @failure_point everywhere
 @package_sources(
     [(os.path.join(_ROOT, "sso"), "sso"), (os.path.join(_ROOT, "steps"), "steps")],
     suffixes=[".py", ".jsonl", ".json", ".toml", ".jinja"],
@@ -65,19 +75,31 @@ class SSOFlow(FlowSpec):
                      help="run seed (overrides [run] seed)")
 
     # ------------------------------------------------------------------ helpers (not steps)
-    def _cfg(self):
-        from sso.config import SSOConfig
+    @property
+    def conf(self):
+        """The run's validated ``SSOConfig`` (the ``run_config`` artifact), built once per task."""
+        return _config_from_json(json.dumps(self.run_config, sort_keys=True))
 
-        return SSOConfig.from_dict(self.run_config)
-
-    def _model_path(self):
+    @property
+    def model_path(self) -> str:
+        """The local directory of the base model (``sso-tiny`` is built on first use)."""
         from sso.models.loading import resolve_model_path
 
-        return resolve_model_path(self._cfg().model.name)
+        return resolve_model_path(self.conf.model.name)
 
-    def _maybe_fail(self):
-        if os.environ.get(FAIL_ENV) == current.step_name:
-            raise RuntimeError(f"{FAIL_ENV}={current.step_name}: injected failure")
+    def arm_pairs(self, arm: str):
+        """The preference pairs an arm trains on (and whose accuracy the judge measures)."""
+        return {"sso": self.sso_pairs, "pbaa": self.pbaa_pairs}[arm]
+
+    def train(self, title: str, train_cfg, fn, *args):
+        """Run a training step function (its last argument: the examples) with a live card."""
+        live = sso_cards.live_training_card(current.card["training"], title, len(args[-1]), train_cfg,
+                                            self.conf.run.seed)
+        adapter, history, summary = fn(*args, self.conf, self.model_path, on_log=live,
+                                       checkpoint_dir=os.environ.get("SSO_CHECKPOINT_DIR"))
+        live.finish(history, summary)
+        print(f"{title}: {summary}")
+        return adapter, history, summary
 
     # ------------------------------------------------------------------ steps
     @step
@@ -86,13 +108,11 @@ class SSOFlow(FlowSpec):
         from sso.config import SSOConfig, validate
         from sso.report.runinfo import collect_versions
 
-        self._maybe_fail()
-        cfg = validate(SSOConfig.from_dict(self.cfg.to_dict()).replace(
-            **{"data.n_queries": self.n_queries, "run.seed": self.seed}))
-        self.run_config = cfg.to_dict()
-        self.model_path_at_start = self._model_path()
+        self.run_config = validate(SSOConfig.from_dict(self.cfg.to_dict()).replace(
+            **{"data.n_queries": self.n_queries, "run.seed": self.seed})).to_dict()
+        self.model_path_at_start = self.model_path
         self.versions = collect_versions()
-        print(f"model: {cfg.model.name} -> {self.model_path_at_start}")
+        print(f"model: {self.conf.model.name} -> {self.model_path_at_start}")
         self.next(self.load_queries)
 
     @compute(resources=cfg.resources.default)
@@ -101,26 +121,23 @@ class SSOFlow(FlowSpec):
         """Queries and eval queries, with counts of everything skipped."""
         from steps.load_queries import load_queries
 
-        self._maybe_fail()
-        cfg = self._cfg()
-        self.queries, self.eval_queries, self.query_report = load_queries(cfg.data, seed=cfg.run.seed)
+        self.queries, self.eval_queries, self.query_report = load_queries(self.conf.data, seed=self.conf.run.seed)
         print(f"queries: {self.query_report}")
         self.next(self.generate_principles)
 
     @step
     def generate_principles(self):
-        """One good/bad principle pair per train query."""
-        from steps.generate_principles import generate_principles, principles_report
-        from steps.sample_responses import plan_shards
+        """One good/bad principle pair per train query; the shards that carry them to sampling."""
+        from sso.data.principle_writer import principles_report
+        from sso.generation.shards import plan_shards
+        from steps.generate_principles import generate_principles
 
-        self._maybe_fail()
-        cfg = self._cfg()
-        self.principles = generate_principles(self.queries, cfg.principles, seed=cfg.run.seed,
-                                              model_path=self._model_path(), model_cfg=cfg.model)
+        self.principles = generate_principles(self.queries, self.conf, model_path=self.model_path)
         self.principles_report = principles_report(self.principles)
         print(f"principles: {self.principles_report}")
-        self.shards = plan_shards(self.queries, self.eval_queries, cfg.sampling.shards,
-                                  shard_size=cfg.sampling.shard_size)
+        s = self.conf.sampling
+        self.shards = plan_shards(self.queries, self.eval_queries, s.shards, shard_size=s.shard_size,
+                                  principles=self.principles)
         self.next(self.sample_responses, foreach="shards")
 
     @retry(times=1, minutes_between_retries=0)
@@ -130,10 +147,8 @@ class SSOFlow(FlowSpec):
         """y+ | x+, y- | x-, y_o | x from the initial policy for one shard; base answers."""
         from steps.sample_responses import sample_responses
 
-        self._maybe_fail()
         self.shard = self.input
-        self.shard_samples = sample_responses(self.shard, self.queries, self.principles,
-                                              self.eval_queries, self._cfg(), self._model_path())
+        self.shard_samples = sample_responses(self.shard, self.conf, self.model_path)
         self.next(self.join_samples)
 
     @card(type="blank", id="samples")
@@ -141,17 +156,16 @@ class SSOFlow(FlowSpec):
     def join_samples(self, inputs):
         """Merge shards; drop and count degenerate records."""
         from sso.report.cards import build_samples_card
-        from steps.sample_responses import join_samples
+        from steps.join_samples import join_samples
 
         self.merge_artifacts(inputs, exclude=["shard", "shard_samples"])
-        self._maybe_fail()
-        out = join_samples([i.shard_samples for i in inputs], self.queries, self.principles)
+        out = join_samples([i.shard_samples for i in inputs], self.queries)
         self.sso_triples, self.pbaa_pairs = out["sso_triples"], out["pbaa_pairs"]
         self.base_answers, self.sampling_report = out["base_answers"], out["report"]
         print(f"sampling: {self.sampling_report}")
         sso_cards.show(current.card["samples"], build_samples_card(
             self.sampling_report, self.sso_triples, self.pbaa_pairs, self.principles,
-            self.query_report, getattr(self, "principles_report", None)))
+            self.query_report, self.principles_report))
         self.next(self.train_generator)
 
     @retry(times=1, minutes_between_retries=0)
@@ -161,18 +175,12 @@ class SSOFlow(FlowSpec):
     @step
     def train_generator(self):
         """Train the data generator with the SSO loss (LoRA)."""
+        from sso.generation.shards import preference_shards
         from steps.train_generator import train_generator
 
-        self._maybe_fail()
-        cfg = self._cfg()
-        live = sso_cards.live_training_card(current.card["training"], "Generator (SSO loss)",
-                                            len(self.sso_triples), cfg.generator, cfg.run.seed)
-        self.generator_adapter, self.generator_history, self.generator_summary = train_generator(
-            self.sso_triples, cfg, self._model_path(), on_log=live,
-            checkpoint_dir=os.environ.get("SSO_CHECKPOINT_DIR"))
-        live.finish(self.generator_history, self.generator_summary)
-        print(f"generator: {self.generator_summary}")
-        self.pref_shards = [{**s, "eval_ids": []} for s in self.shards if s["query_ids"]]
+        self.generator_adapter, self.generator_history, self.generator_summary = self.train(
+            "Generator (SSO loss)", self.conf.generator, train_generator, self.sso_triples)
+        self.pref_shards = preference_shards(self.shards)
         self.next(self.generate_preferences, foreach="pref_shards")
 
     @retry(times=1, minutes_between_retries=0)
@@ -182,28 +190,25 @@ class SSOFlow(FlowSpec):
         """y+ | x+ and y- | x- from the generator for one shard."""
         from steps.generate_preferences import generate_preferences
 
-        self._maybe_fail()
-        self.shard_preferences = generate_preferences(
-            self.input, self.queries, self.principles, self.generator_adapter, self._cfg(),
-            self._model_path())
+        self.shard_preferences = generate_preferences(self.input, self.generator_adapter, self.conf,
+                                                      self.model_path)
         self.next(self.join_preferences)
 
     @step
     def join_preferences(self, inputs):
         """sso_pairs: (plain prompt, chosen = y+, rejected = y-) from the generator."""
-        from steps.generate_preferences import join_preferences
+        from steps.join_preferences import join_preferences
 
         self.merge_artifacts(inputs, exclude=["shard_preferences"])
-        self._maybe_fail()
         self.sso_pairs, self.preference_report = join_preferences(
-            [i.shard_preferences for i in inputs], self.queries, self.principles)
+            [i.shard_preferences for i in inputs], self.queries)
         print(f"preferences: {self.preference_report}")
         self.next(self.fan_out_arms)
 
     @step
     def fan_out_arms(self):
         """One policy-training branch per arm (Metaflow: a join cannot also be a split)."""
-        self.arms = list(self._cfg().policy.arms)
+        self.arms = list(self.conf.policy.arms)
         self.next(self.train_policy, foreach="arms")
 
     @retry(times=1, minutes_between_retries=0)
@@ -215,18 +220,11 @@ class SSOFlow(FlowSpec):
         """DPO/IPO from the initial policy on this arm's pairs."""
         from steps.train_policy import train_policy
 
-        self._maybe_fail()
         self.arm = self.input
-        pairs = {"sso": self.sso_pairs, "pbaa": self.pbaa_pairs}[self.arm]
-        self.n_pairs = len(pairs)
-        cfg = self._cfg()
-        live = sso_cards.live_training_card(current.card["training"], f"Policy {self.arm} ({cfg.policy.loss})",
-                                            len(pairs), cfg.policy, cfg.run.seed)
-        self.policy_adapter, self.policy_history, self.policy_summary = train_policy(
-            self.arm, pairs, cfg, self._model_path(), on_log=live,
-            checkpoint_dir=os.environ.get("SSO_CHECKPOINT_DIR"))
-        live.finish(self.policy_history, self.policy_summary)
-        print(f"policy[{self.arm}]: {self.policy_summary}")
+        self.n_pairs = len(self.arm_pairs(self.arm))
+        self.policy_adapter, self.policy_history, self.policy_summary = self.train(
+            f"Policy {self.arm} ({self.conf.policy.loss})", self.conf.policy, train_policy, self.arm,
+            self.arm_pairs(self.arm))
         self.next(self.generate_answers)
 
     @retry(times=1, minutes_between_retries=0)
@@ -236,9 +234,7 @@ class SSOFlow(FlowSpec):
         """The arm's trained policy answers the eval queries."""
         from steps.generate_answers import generate_answers
 
-        self._maybe_fail()
-        self.answers = generate_answers(self.eval_queries, self.policy_adapter, self._cfg(),
-                                        self._model_path())
+        self.answers = generate_answers(self.eval_queries, self.policy_adapter, self.conf, self.model_path)
         self.next(self.judge)
 
     @retry(times=2, minutes_between_retries=0)
@@ -251,11 +247,8 @@ class SSOFlow(FlowSpec):
         from sso.report.cards import build_judge_card
         from steps.judge import judge
 
-        self._maybe_fail()
-        pairs = {"sso": self.sso_pairs, "pbaa": self.pbaa_pairs}[self.arm]
-        out = judge(self.arm, self.answers, self.base_answers, pairs, self._cfg())
-        self.judgments, self.judge_metrics, self.judge_usage = (
-            out["judgments"], out["metrics"], out["usage"])
+        out = judge(self.arm, self.answers, self.base_answers, self.arm_pairs(self.arm), self.conf)
+        self.judgments, self.judge_metrics, self.judge_usage = out["judgments"], out["metrics"], out["usage"]
         print(f"judge[{self.arm}]: {self.judge_metrics}")
         sso_cards.show(current.card["judge"], build_judge_card(
             self.arm, self.judge_metrics, self.judge_usage, self.judgments, self.answers, self.base_answers))
@@ -264,25 +257,14 @@ class SSOFlow(FlowSpec):
     @card(type="blank", id="compare")
     @step
     def compare(self, inputs):
-        """One results row per arm."""
-        import pandas as pd
-
+        """One results row per arm; the per-arm artifacts gathered by arm."""
         from sso.report.cards import build_compare_card
         from steps.compare import compare
 
-        per_arm = ["arm", "n_pairs", "policy_adapter", "policy_history", "policy_summary", "answers",
-                   "judgments", "judge_metrics", "judge_usage"]
-        self.merge_artifacts(inputs, exclude=per_arm)
-        self._maybe_fail()
-        self.results = compare(
-            [{"arm": i.arm, "n_pairs": i.n_pairs, "train_summary": i.policy_summary,
-              "metrics": i.judge_metrics, "usage": i.judge_usage} for i in inputs],
-            arm_order=self.arms)
-        self.policy_adapters = {i.arm: i.policy_adapter for i in inputs}
-        self.policy_histories = {i.arm: i.policy_history for i in inputs}
-        self.policy_summaries = {i.arm: i.policy_summary for i in inputs}
-        self.arm_answers = pd.concat([i.answers.assign(arm=i.arm) for i in inputs], ignore_index=True)
-        self.judgments = pd.concat([i.judgments.assign(arm=i.arm) for i in inputs], ignore_index=True)
+        self.merge_artifacts(inputs, exclude=PER_ARM)
+        out = compare([{a: getattr(i, a) for a in PER_ARM} for i in inputs], arm_order=self.arms)
+        for name, value in out.items():
+            setattr(self, name, value)
         sso_cards.show(current.card["compare"], build_compare_card(
             self.results, self.judgments, self.arm_answers, self.base_answers))
         self.next(self.end)
@@ -291,30 +273,19 @@ class SSOFlow(FlowSpec):
     @step
     def end(self):
         """Print the summary; export preference data, adapters, results and cards; summary card."""
-        from sso.report.cards import build_summary_card, render_next_steps
-        from steps.compare import format_summary
-        from steps.export import export_run
+        from steps.end import end
 
-        self._maybe_fail()
-        cfg = self._cfg()
-        out_dir = os.path.join(cfg.run.output_dir, f"{current.flow_name}-{current.run_id}")
-        self.exported = export_run(out_dir, results=self.results, sso_pairs=self.sso_pairs,
-                                   pbaa_pairs=self.pbaa_pairs, generator_adapter=self.generator_adapter,
-                                   policy_adapters=self.policy_adapters,
-                                   generator_summary=self.generator_summary,
-                                   policy_summaries=self.policy_summaries,
-                                   run_info={"flow": current.flow_name, "run_id": current.run_id,
-                                             "model": cfg.model.name, "config": self.run_config})
-        cards, card_files = sso_cards.save_step_cards_safely(f"{current.flow_name}/{current.run_id}", out_dir)
-        sso_cards.show(current.card["summary"], build_summary_card(
-            flow_name=current.flow_name, run_id=current.run_id, config=self.run_config,
-            results=self.results, sampling_report=self.sampling_report,
-            generator_summary=self.generator_summary, policy_summaries=self.policy_summaries,
-            step_cards=cards, exported=self.exported, card_files=card_files))
-        print("\n" + format_summary(self.results) + "\n")
-        print(render_next_steps(flow_file=os.path.relpath(os.path.abspath(__file__)), run_id=current.run_id,
-                                out_dir=os.path.abspath(out_dir), exported=self.exported,
-                                configs_dir=os.path.relpath(os.path.join(_ROOT, "configs")), n_card_files=len(card_files)))
+        out_dir = os.path.join(self.conf.run.output_dir, f"{current.flow_name}-{current.run_id}")
+        self.exported, summary = end(out_dir, self, run_info={
+            "flow": current.flow_name, "run_id": current.run_id, "model": self.conf.model.name,
+            "config": self.run_config})
+        next_steps = sso_cards.finish_run(current.card["summary"], self, out_dir, flow_file=__file__, root=_ROOT)
+        print("\n" + summary + "\n")
+        print(next_steps)
+
+
+PER_ARM = ["arm", "n_pairs", "policy_adapter", "policy_history", "policy_summary", "answers",
+           "judgments", "judge_metrics", "judge_usage"]
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ Metaflow is imported only inside the command, so ``import sso`` stays Metaflow-f
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
+from sso.report.export import EXPORT_ARTIFACTS as NEEDED
+
 ARTIFACT_STEPS = ("end", "compare")   # where a run's merged artifacts live, best first
-NEEDED = ("results", "sso_pairs", "pbaa_pairs", "generator_adapter", "policy_adapters")
 
 
 def _artifacts(run) -> tuple[Any, str]:
@@ -33,51 +33,22 @@ def _artifacts(run) -> tuple[Any, str]:
                       f"{', '.join(NEEDED)}; nothing to export (resume it first)")
 
 
-def export_cards(run, out_dir: str) -> dict[str, str]:
-    """Every card of ``run`` as self-contained HTML under ``out_dir/cards/``: {"step/task": path}."""
-    from metaflow.cards import get_cards
-    from metaflow.plugins.cards.exception import CardNotPresentException
-
-    files: dict[str, str] = {}
-    for step in run:
-        for task in step:
-            try:
-                task_cards = list(get_cards(task))
-            except CardNotPresentException:
-                continue
-            os.makedirs(os.path.join(out_dir, "cards"), exist_ok=True)
-            for i, card in enumerate(task_cards):
-                suffix = "" if i == 0 else f"-{card.id or card.type}-{i}"
-                path = os.path.join(out_dir, "cards", f"{step.id}-{task.id}{suffix}.html")
-                with open(path, "w", encoding="utf-8") as f:
-                    f.write(card.get())
-                files[f"{step.id}/{task.id}{suffix}"] = os.path.abspath(path)
-    return files
-
-
 def export_past_run(run_id: str, out_dir: str, *, flow: str = "SSOFlow", cards: bool = True) -> dict[str, str]:
     """Export run ``run_id`` (``123`` or ``Flow/123``) to ``out_dir``; returns the written paths."""
     from metaflow import Run, namespace
 
-    from sso.report.export import write_export
+    from sso.report.card_files import write_card_files
+    from sso.report.export import export_run
 
     namespace(None)
     run = Run(run_id if "/" in run_id else f"{flow}/{run_id}")
     data, source_step = _artifacts(run)
-    gen_summary = data.generator_summary if "generator_summary" in data else {}
-    pol_summaries = data.policy_summaries if "policy_summaries" in data else {}
-    adapters = {"generator": data.generator_adapter,
-                **{f"policy-{arm}": files for arm, files in data.policy_adapters.items()}}
-    probes = {"generator": gen_summary.get("logits_probe"),
-              **{f"policy-{arm}": s.get("logits_probe") for arm, s in pol_summaries.items()}}
     config = data.run_config if "run_config" in data else {}
-    written = write_export(
-        out_dir, results=data.results, preferences={"sso": data.sso_pairs, "pbaa": data.pbaa_pairs},
-        adapters=adapters, probes=probes,
-        run_info={"flow": run.pathspec.split("/")[0], "run_id": run.id, "from_step": source_step,
-                  "model": config.get("model", {}).get("name", ""), "config": config})
+    written = export_run(out_dir, data, run_info={
+        "flow": run.pathspec.split("/")[0], "run_id": run.id, "from_step": source_step,
+        "model": config.get("model", {}).get("name", ""), "config": config})
     if cards:
-        written.update({f"card:{k}": v for k, v in export_cards(run, out_dir).items()})
+        written.update({f"card:{k}": v for k, v in write_card_files(run, out_dir)[1].items()})
     return written
 
 

@@ -1,59 +1,30 @@
-"""Step ``compare`` (join over arms): one results table, one row per arm.
+"""Step ``compare`` (join over arms): the results table and the per-arm artifacts, keyed by arm.
 
-Input: a list of per-arm dicts (arm, n_pairs, train summary, judge metrics, judge usage).
-Output: ``results`` DataFrame with columns arm, n_pairs, final_loss, train_accuracy,
-on_policyness, win_rate, win_rate_ci_low, win_rate_ci_high, wins, losses, ties, unparsable, n_eval,
-mean_answer_len, pref_accuracy, judge_requests, judge_cost_usd (missing values as NaN).
+Input: one dict per arm branch with the branch's artifacts (arm, n_pairs, policy_adapter,
+policy_history, policy_summary, answers, judgments, judge_metrics, judge_usage) and the arm order.
+Output: ``results`` (one row per arm, see :mod:`sso.report.results`), ``policy_adapters``,
+``policy_histories``, ``policy_summaries`` (arm -> value), ``arm_answers`` and ``judgments`` (the
+arms' tables stacked, with an ``arm`` column). Pure.
 """
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
-RESULT_COLUMNS = ["arm", "n_pairs", "final_loss", "train_accuracy", "on_policyness", "win_rate",
-                  "win_rate_ci_low", "win_rate_ci_high", "wins", "losses", "ties", "unparsable",
-                  "n_eval", "mean_answer_len", "base_mean_answer_len", "pref_accuracy",
-                  "judge_requests", "judge_cache_hits", "judge_cost_usd"]
+from sso.report.results import build_results
 
 
-def compare(arm_results: list[dict], arm_order: list[str] | None = None) -> pd.DataFrame:
-    rows = []
-    for r in arm_results:
-        train, metrics, usage = r.get("train_summary", {}), r.get("metrics", {}), r.get("usage", {})
-        rows.append({
-            "arm": r["arm"], "n_pairs": r["n_pairs"],
-            "final_loss": train.get("final_loss", math.nan),
-            "train_accuracy": train.get("accuracy", math.nan),
-            "on_policyness": _on_policyness(train),
-            **{k: metrics.get(k, math.nan) for k in (
-                "win_rate", "win_rate_ci_low", "win_rate_ci_high", "wins", "losses", "ties",
-                "unparsable", "n_eval", "mean_answer_len", "base_mean_answer_len", "pref_accuracy")},
-            "judge_requests": usage.get("requests", math.nan),
-            "judge_cache_hits": usage.get("cache_hits", math.nan),
-            "judge_cost_usd": usage.get("est_cost_usd", math.nan),
-        })
-    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    if arm_order:
-        rank = {a: i for i, a in enumerate(arm_order)}
-        table = table.sort_values("arm", key=lambda s: s.map(rank)).reset_index(drop=True)
-    return table
+def compare(per_arm: list[dict], arm_order: list[str]) -> dict:
+    results = build_results([{"arm": a["arm"], "n_pairs": a["n_pairs"], "train_summary": a["policy_summary"],
+                              "metrics": a["judge_metrics"], "usage": a["judge_usage"]} for a in per_arm],
+                            arm_order=arm_order)
+    return {"results": results,
+            "policy_adapters": {a["arm"]: a["policy_adapter"] for a in per_arm},
+            "policy_histories": {a["arm"]: a["policy_history"] for a in per_arm},
+            "policy_summaries": {a["arm"]: a["policy_summary"] for a in per_arm},
+            "arm_answers": stack(per_arm, "answers"), "judgments": stack(per_arm, "judgments")}
 
 
-def _on_policyness(summary: dict) -> float:
-    """Mean per-token probability of the arm's chosen and rejected responses under the initial
-    policy (plain prompt), as measured by the trainer's reference pass."""
-    values = [summary[k] for k in ("onpolicy_chosen", "onpolicy_rejected") if k in summary]
-    return sum(values) / len(values) if values else math.nan
-
-
-def format_summary(results: pd.DataFrame) -> str:
-    """A plain-text summary table for the console."""
-    lines = [f"{'arm':<6} {'pairs':>6} {'final_loss':>10} {'win_rate':>9} {'95% CI':>15} "
-             f"{'ties':>5} {'unparsable':>10}"]
-    for r in results.itertuples():
-        ci = f"[{r.win_rate_ci_low:.2f}, {r.win_rate_ci_high:.2f}]"
-        lines.append(f"{r.arm:<6} {r.n_pairs:>6} {r.final_loss:>10.4f} {r.win_rate:>9.3f} {ci:>15} "
-                     f"{r.ties:>5} {r.unparsable:>10}")
-    return "\n".join(lines)
+def stack(per_arm: list[dict], key: str) -> pd.DataFrame:
+    """The arms' ``key`` tables one under the other, with an ``arm`` column."""
+    return pd.concat([a[key].assign(arm=a["arm"]) for a in per_arm], ignore_index=True)

@@ -259,8 +259,14 @@ class EndpointPrincipleModel:
         self.sampler.close()
 
 
-def build_principle_model(pcfg, *, policy_model_path: str | None, model_cfg: Any) -> PrincipleModel:
-    """The principle model a ``[principles]`` config names (built once per task)."""
+def build_principle_model(pcfg, *, policy_model_path: str | None, model_cfg: Any,
+                          sampling_cfg: Any = None, seed: int = 0) -> PrincipleModel:
+    """The principle model a ``[principles]`` config names (built once per task).
+
+    A local model samples through :func:`sso.generation.sampling.make_sampler` with the
+    ``[principles]`` backend and batch size and the ``[sampling]`` engine options (vLLM) and run
+    ``seed``, like every other sampler of the run.
+    """
     if pcfg.backend == "openai":
         from sso.generation.openai_sampler import OpenAISampler
 
@@ -268,9 +274,11 @@ def build_principle_model(pcfg, *, policy_model_path: str | None, model_cfg: Any
             pcfg.model, base_url=pcfg.base_url, api_key_env=pcfg.api_key_env,
             max_concurrency=pcfg.max_concurrency, max_retries=pcfg.max_retries,
             timeout_s=pcfg.timeout_s))
-    from sso.config import ModelConfig
-    from sso.models.loading import resolve_model_path
+    import dataclasses
+
+    from sso.config import ModelConfig, SamplingConfig
     from sso.generation.sampling import make_sampler
+    from sso.models.loading import resolve_model_path
 
     model_cfg = model_cfg if model_cfg is not None else ModelConfig()
     if pcfg.model:
@@ -280,8 +288,9 @@ def build_principle_model(pcfg, *, policy_model_path: str | None, model_cfg: Any
     else:
         raise ValueError("[principles] model is empty (= the policy itself) but no policy model path "
                          "was given to the principle writer")
-    return SamplerPrincipleModel(make_sampler(pcfg.backend, path, model_cfg,
-                                              batch_size=pcfg.batch_size), name=name)
+    engine = dataclasses.replace(sampling_cfg or SamplingConfig(), backend=pcfg.backend,
+                                 batch_size=pcfg.batch_size)
+    return SamplerPrincipleModel(make_sampler(engine, path, model_cfg, seed=seed), name=name)
 
 
 # ----------------------------------------------------------------------------------------------

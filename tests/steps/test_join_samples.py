@@ -3,8 +3,10 @@
 import pandas as pd
 import pytest
 
-from steps.generate_preferences import join_preferences
-from steps.sample_responses import drop_reasons, join_samples, plan_shards
+from sso.generation.records import drop_reasons
+from sso.generation.shards import plan_shards
+from steps.join_preferences import join_preferences
+from steps.join_samples import join_samples
 
 
 def _queries(n, n_gen=None):
@@ -13,13 +15,16 @@ def _queries(n, n_gen=None):
                          "generator": [i < n_gen for i in range(n)]})
 
 
-def _principles(q):
-    return pd.DataFrame({"query_id": q.query_id, "good_principle": "G", "bad_principle": "B"})
+def _records(q, ids):
+    """The record columns a shard's rows carry (query_id, prompt, generator, principles)."""
+    rows = q.set_index("query_id").loc[ids]
+    return {"query_id": ids, "prompt": list(rows["prompt"]), "generator": list(rows["generator"]),
+            "good_principle": "G", "bad_principle": "B"}
 
 
-def _shard(ids, y_plus, y_minus, y_o):
+def _shard(q, ids, y_plus, y_minus, y_o):
     n = len(ids)
-    samples = pd.DataFrame({"query_id": ids, "y_plus": y_plus, "y_minus": y_minus, "y_o": y_o,
+    samples = pd.DataFrame({**_records(q, ids), "y_plus": y_plus, "y_minus": y_minus, "y_o": y_o,
                             "y_plus_tokens": [3] * n, "y_minus_tokens": [4] * n, "y_o_tokens": [5] * n,
                             "y_plus_finish": ["stop"] * n, "y_minus_finish": ["length"] * n,
                             "y_o_finish": ["stop"] * n})
@@ -44,10 +49,10 @@ def test_drop_reasons(y_plus, y_minus, y_o, expected):
 def test_join_drops_and_counts_every_reason_in_query_order():
     q = _queries(6, n_gen=5)
     shards = [
-        _shard(["q0", "q1", "q2"], ["a", "same", "p"], ["b", "same", "m"], ["c", "o", "p"]),
-        _shard(["q3", "q4", "q5"], ["", "p4", "p5"], ["m3", "m4", "p5"], ["o3", "o4", None]),
+        _shard(q, ["q0", "q1", "q2"], ["a", "same", "p"], ["b", "same", "m"], ["c", "o", "p"]),
+        _shard(q, ["q3", "q4", "q5"], ["", "p4", "p5"], ["m3", "m4", "p5"], ["o3", "o4", None]),
     ]
-    out = join_samples(shards, q, _principles(q))
+    out = join_samples(shards, q)
     rep = out["report"]
     assert list(out["sso_triples"].query_id) == ["q0", "q4"]
     assert list(out["pbaa_pairs"].query_id) == ["q0", "q2", "q4"]
@@ -64,17 +69,17 @@ def test_join_drops_and_counts_every_reason_in_query_order():
 
 def test_join_refuses_missing_shard():
     q = _queries(4)
-    shards = [_shard(["q0", "q1"], ["a", "b"], ["c", "d"], ["e", "f"])]
+    shards = [_shard(q, ["q0", "q1"], ["a", "b"], ["c", "d"], ["e", "f"])]
     with pytest.raises(ValueError, match="joined 2 sampled queries but 4 were planned"):
-        join_samples(shards, q, _principles(q))
+        join_samples(shards, q)
 
 
 def test_join_preferences_counts_and_keeps_order():
     q = _queries(4)
     fin = {"y_plus_finish": ["stop", "length"], "y_minus_finish": ["stop", "stop"]}
-    frames = [pd.DataFrame({"query_id": ["q2", "q3"], "y_plus": ["a", "x"], "y_minus": ["b", "x"], **fin}),
-              pd.DataFrame({"query_id": ["q0", "q1"], "y_plus": ["c", ""], "y_minus": ["d", "e"], **fin})]
-    pairs, report = join_preferences(frames, q, _principles(q))
+    frames = [pd.DataFrame({**_records(q, ["q2", "q3"]), "y_plus": ["a", "x"], "y_minus": ["b", "x"], **fin}),
+              pd.DataFrame({**_records(q, ["q0", "q1"]), "y_plus": ["c", ""], "y_minus": ["d", "e"], **fin})]
+    pairs, report = join_preferences(frames, q)
     assert list(pairs.query_id) == ["q0", "q2"]  # query order, not shard order
     assert list(pairs.columns[:4]) == ["query_id", "prompt", "chosen", "rejected"]
     assert report == {"n_queries": 4, "n_sso_pairs": 2, "n_shards": 2, "truncated_principled": 2,

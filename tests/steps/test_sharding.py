@@ -11,10 +11,13 @@ import pandas as pd
 import pytest
 
 from sso.config import SSOConfig
-from steps.generate_preferences import generate_preferences, join_preferences
+from sso.generation.shards import plan_shards, preference_shards
+from steps.generate_preferences import generate_preferences
 from steps.generate_principles import generate_principles
+from steps.join_preferences import join_preferences
+from steps.join_samples import join_samples
 from steps.load_queries import load_queries
-from steps.sample_responses import join_samples, plan_shards, sample_responses
+from steps.sample_responses import sample_responses
 
 N_QUERIES, N_EVAL, N_GEN = 7, 4, 5   # 7 is not a multiple of 3: uneven shards
 
@@ -35,7 +38,7 @@ def setup(tiny_model_path):
         "sampling.temperature": 0.0, "sampling.plain_greedy": True, "sampling.max_new_tokens": 8,
         "sampling.backend": "transformers", "eval.greedy": True, "eval.max_new_tokens": 8})
     queries, eval_queries, _ = load_queries(cfg.data, seed=cfg.run.seed)
-    principles = generate_principles(queries, cfg.principles, seed=cfg.run.seed)
+    principles = generate_principles(queries, cfg)
     sampler = TransformersSampler(tiny_model_path, dtype="float32", device="cpu", batch_size=4)
     yield cfg, queries, eval_queries, principles, sampler
     sampler.close()
@@ -44,12 +47,11 @@ def setup(tiny_model_path):
 
 def _run_samples(setup, n_shards, *, reverse=False):
     cfg, queries, eval_queries, principles, sampler = setup
-    shards = plan_shards(queries, eval_queries, n_shards)
-    results = [sample_responses(s, queries, principles, eval_queries, cfg, "unused", sampler=sampler)
-               for s in shards]
+    shards = plan_shards(queries, eval_queries, n_shards, principles=principles)
+    results = [sample_responses(s, cfg, "unused", sampler=sampler) for s in shards]
     if reverse:   # a join sees its inputs in whatever order the tasks finished
         results = results[::-1]
-    return shards, join_samples(results, queries, principles)
+    return shards, join_samples(results, queries)
 
 
 def test_three_shards_equal_one_shard_for_greedy_sampling(setup):
@@ -79,9 +81,9 @@ def test_generate_preferences_three_shards_equal_one(setup):
     cfg, queries, eval_queries, principles, sampler = setup
     merged = {}
     for n in (1, 3):
-        frames = [generate_preferences(s, queries, principles, {}, cfg, "unused", sampler=sampler)
-                  for s in plan_shards(queries, None, n)]
-        merged[n] = join_preferences(frames[::-1], queries, principles)
+        frames = [generate_preferences(s, {}, cfg, "unused", sampler=sampler)
+                  for s in preference_shards(plan_shards(queries, None, n, principles=principles))]
+        merged[n] = join_preferences(frames[::-1], queries)
     pd.testing.assert_frame_equal(merged[1][0], merged[3][0])
     assert list(merged[3][0]["query_id"]) == [q for q in queries["query_id"]
                                               if q in set(merged[3][0]["query_id"])]

@@ -43,20 +43,22 @@ def pairs() -> pd.DataFrame:
 def export(tiny_model_path, tiny_tokenizer, pairs, tmp_path_factory):
     """Train a tiny policy for a few steps, then export it the way the flow's ``end`` does."""
     from sso.training.trainer import train_dpo
-    from steps.compare import compare
-    from steps.export import export_run
+    from sso.report.results import build_results
+    from types import SimpleNamespace
+
+    from sso.report.export import export_run
 
     table = pd.DataFrame({"query_id": pairs["query_id"],
                           "prompt_text": [render_prompt(tiny_tokenizer, p) for p in pairs["prompt"]],
                           "chosen": pairs["chosen"], "rejected": pairs["rejected"]})
     cfg = TrainConfig(learning_rate=5e-3, epochs=1, batch_size=4, warmup_ratio=0.0, log_every=1)
     result = train_dpo(tiny_model_path, table, cfg, MODEL_CFG, seed=0, progress=False)
-    results = compare([{"arm": "sso", "n_pairs": len(pairs), "train_summary": result.summary}])
+    results = build_results([{"arm": "sso", "n_pairs": len(pairs), "train_summary": result.summary}])
     out = tmp_path_factory.mktemp("export") / "SSOFlow-1"
-    written = export_run(str(out), results=results, sso_pairs=pairs, pbaa_pairs=pairs.iloc[:5],
-                         generator_adapter=None, policy_adapters={"sso": result.adapter},
-                         policy_summaries={"sso": result.summary},
-                         run_info={"flow": "SSOFlow", "run_id": "1", "model": tiny_model_path})
+    data = SimpleNamespace(results=results, sso_pairs=pairs, pbaa_pairs=pairs.iloc[:5],
+                           generator_adapter=None, policy_adapters={"sso": result.adapter},
+                           policy_summaries={"sso": result.summary})
+    written = export_run(str(out), data, run_info={"flow": "SSOFlow", "run_id": "1", "model": tiny_model_path})
     return out, written, result
 
 

@@ -221,13 +221,13 @@ def test_step_with_injected_model_closes_nothing_it_does_not_own(table_queries):
     model = ScriptedModel({r[0]: r[1] for r in QUERY_TABLE},
                           {r[0]: r[2] for r in QUERY_TABLE if r[2] is not None})
     cfg = _cfg(source="model", fallback="generic")
-    out = generate_principles(table_queries, cfg.principles, seed=0, principle_model=model)
+    out = generate_principles(table_queries, cfg, principle_model=model)
     assert principles_report(out)["n_model"] == 2 and not model.closed
     assert set(out.loc[out["source"] == "fallback", "good_principle"]) == {FALLBACK_GOOD}
 
 
 def test_step_catalogue_source_is_unchanged(table_queries):
-    out = generate_principles(table_queries, _cfg().principles, seed=3)
+    out = generate_principles(table_queries, _cfg().replace(**{"run.seed": 3}))
     pd.testing.assert_frame_equal(out, build_catalogue_principles(table_queries, seed=3))
 
 
@@ -241,8 +241,7 @@ def test_step_with_the_policy_as_principle_model(tiny_model_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        out = generate_principles(queries, cfg.principles, seed=0, model_path=tiny_model_path,
-                                  model_cfg=cfg.model)
+        out = generate_principles(queries, cfg, model_path=tiny_model_path)
     finally:
         torch.set_num_threads(threads)
     assert list(out["query_id"]) == ["a", "b", "c"]
@@ -256,7 +255,7 @@ def test_step_with_the_policy_as_principle_model(tiny_model_path):
 
 def test_step_without_policy_path_says_what_is_missing(table_queries):
     with pytest.raises(ValueError, match="no policy model path"):
-        generate_principles(table_queries, _cfg(source="model").principles, seed=0)
+        generate_principles(table_queries, _cfg(source="model"))
 
 
 # ------------------------------------------------------------------ endpoint (OpenAI-compatible)
@@ -282,7 +281,7 @@ def test_step_with_an_endpoint_retries_bounds_concurrency_and_keeps_the_key_out(
         server.inject("429", "500", "malformed", "no_choices")
         cfg = _cfg(source="model", backend="openai", model="writer", base_url=server.url,
                    api_key_env=KEY_ENV, max_concurrency=3, max_retries=4, timeout_s=10.0)
-        out = generate_principles(queries, cfg.principles, seed=0)
+        out = generate_principles(queries, cfg)
     assert server.max_in_flight <= 3
     assert sum(server.faults_served.values()) == 4          # each fault was retried
     assert list(out["source"]) == ["model"] * 12 + ["fallback"]

@@ -1,0 +1,77 @@
+"""Shard plans for the sampling foreach: contiguous slices of the train and eval queries.
+
+A shard is a plain dict: ``index``, ``query_ids``, ``eval_ids`` and, when principles are given,
+the records its task samples from: ``rows`` (query_id, prompt, generator, good_principle,
+bad_principle) and ``eval_rows`` (query_id, prompt). This is the one place where principles meet
+their queries; every later record carries them on.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+PRINCIPLE_COLUMNS = ["good_principle", "bad_principle"]
+
+
+def plan_shards(queries: pd.DataFrame, eval_queries: pd.DataFrame | None, n_shards: int, *,
+                shard_size: int = 0, principles: pd.DataFrame | None = None) -> list[dict]:
+    """Contiguous shards of query ids (and eval ids); at most ``n_shards``, none empty.
+
+    ``shard_size > 0`` overrides ``n_shards``: ``ceil(len(queries) / shard_size)`` shards of
+    near-equal size, none larger than ``shard_size``. Eval ids are spread over the same shards.
+    With ``principles`` each shard also carries its records (see the module docstring).
+    """
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    if shard_size < 0:
+        raise ValueError(f"shard_size must be >= 0, got {shard_size}")
+    q_ids = list(queries["query_id"])
+    e_ids = list(eval_queries["query_id"]) if eval_queries is not None else []
+    if shard_size:
+        n_shards = max(1, -(-len(q_ids) // shard_size))
+    n = max(1, min(n_shards, max(len(q_ids), 1)))
+    shards = [{"index": i, "query_ids": chunk(q_ids, i, n), "eval_ids": chunk(e_ids, i, n)} for i in range(n)]
+    shards = [s for s in shards if s["query_ids"] or s["eval_ids"]]
+    if principles is not None:
+        records = principled_records(queries, principles)
+        for s in shards:
+            s["rows"] = select_rows(records, s["query_ids"])
+            s["eval_rows"] = (select_rows(eval_queries[["query_id", "prompt"]], s["eval_ids"])
+                              if eval_queries is not None else pd.DataFrame(columns=["query_id", "prompt"]))
+    return shards
+
+
+def preference_shards(shards: list[dict]) -> list[dict]:
+    """The shards of the generator's preference sampling: train queries only."""
+    return [{**s, "eval_ids": [], "eval_rows": s.get("eval_rows", pd.DataFrame()).iloc[0:0]}
+            for s in shards if s["query_ids"]]
+
+
+def chunk(items: list, i: int, n: int) -> list:
+    """The ``i``-th of ``n`` contiguous, near-equal slices of ``items``."""
+    size, extra = divmod(len(items), n)
+    start = i * size + min(i, extra)
+    return items[start:start + size + (1 if i < extra else 0)]
+
+
+def principled_records(queries: pd.DataFrame, principles: pd.DataFrame) -> pd.DataFrame:
+    """query_id, prompt, generator and the principle pair of every train query, in query order."""
+    cols = ["query_id", "prompt"] + (["generator"] if "generator" in queries else [])
+    rows = queries[cols].merge(principles[["query_id", *PRINCIPLE_COLUMNS]], on="query_id",
+                               how="left", validate="one_to_one")
+    if "generator" not in rows:
+        rows["generator"] = True
+    missing = rows.loc[rows["good_principle"].isna(), "query_id"].tolist()
+    if missing:
+        raise ValueError(f"no principle for query ids {missing[:5]} (of {len(missing)})")
+    return rows
+
+
+def select_rows(df: pd.DataFrame, ids: list) -> pd.DataFrame:
+    """The rows of ``df`` with these query ids, in the order of ``ids``."""
+    by_id = df.set_index("query_id", drop=False)
+    unknown = [i for i in ids if i not in by_id.index]
+    if unknown:
+        raise KeyError(f"unknown query ids in shard: {unknown[:5]}")
+    return by_id.loc[list(ids)].reset_index(drop=True)

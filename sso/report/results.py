@@ -1,0 +1,60 @@
+"""The results table (one row per arm) and its console form.
+
+``build_results`` columns: arm, n_pairs, final_loss, train_accuracy, on_policyness, win_rate,
+win_rate_ci_low, win_rate_ci_high, wins, losses, ties, unparsable, n_eval, mean_answer_len,
+base_mean_answer_len, pref_accuracy, judge_requests, judge_cache_hits, judge_cost_usd (missing
+values as NaN), in the order of ``RESULT_COLUMNS``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+RESULT_COLUMNS = ["arm", "n_pairs", "final_loss", "train_accuracy", "on_policyness", "win_rate",
+                  "win_rate_ci_low", "win_rate_ci_high", "wins", "losses", "ties", "unparsable",
+                  "n_eval", "mean_answer_len", "base_mean_answer_len", "pref_accuracy",
+                  "judge_requests", "judge_cache_hits", "judge_cost_usd"]
+
+
+def build_results(arm_results: list[dict], arm_order: list[str] | None = None) -> pd.DataFrame:
+    """One row per arm from (arm, n_pairs, train_summary, metrics, usage) dicts, in ``arm_order``."""
+    rows = []
+    for r in arm_results:
+        train, metrics, usage = r.get("train_summary", {}), r.get("metrics", {}), r.get("usage", {})
+        rows.append({
+            "arm": r["arm"], "n_pairs": r["n_pairs"],
+            "final_loss": train.get("final_loss", math.nan),
+            "train_accuracy": train.get("accuracy", math.nan),
+            "on_policyness": on_policyness(train),
+            **{k: metrics.get(k, math.nan) for k in (
+                "win_rate", "win_rate_ci_low", "win_rate_ci_high", "wins", "losses", "ties",
+                "unparsable", "n_eval", "mean_answer_len", "base_mean_answer_len", "pref_accuracy")},
+            "judge_requests": usage.get("requests", math.nan),
+            "judge_cache_hits": usage.get("cache_hits", math.nan),
+            "judge_cost_usd": usage.get("est_cost_usd", math.nan),
+        })
+    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    if arm_order:
+        rank = {a: i for i, a in enumerate(arm_order)}
+        table = table.sort_values("arm", key=lambda s: s.map(rank)).reset_index(drop=True)
+    return table
+
+
+def on_policyness(summary: dict) -> float:
+    """Mean per-token probability of the arm's chosen and rejected responses under the initial
+    policy (plain prompt), as measured by the trainer's reference pass."""
+    values = [summary[k] for k in ("onpolicy_chosen", "onpolicy_rejected") if k in summary]
+    return sum(values) / len(values) if values else math.nan
+
+
+def format_summary(results: pd.DataFrame) -> str:
+    """A plain-text summary table for the console."""
+    lines = [f"{'arm':<6} {'pairs':>6} {'final_loss':>10} {'win_rate':>9} {'95% CI':>15} "
+             f"{'ties':>5} {'unparsable':>10}"]
+    for r in results.itertuples():
+        ci = f"[{r.win_rate_ci_low:.2f}, {r.win_rate_ci_high:.2f}]"
+        lines.append(f"{r.arm:<6} {r.n_pairs:>6} {r.final_loss:>10.4f} {r.win_rate:>9.3f} {ci:>15} "
+                     f"{r.ties:>5} {r.unparsable:>10}")
+    return "\n".join(lines)
