@@ -74,12 +74,12 @@ def build_model(shape: str, device, lora_targets: tuple[str, ...], r: int, grad_
 
 
 def make_run(model, objective: str, n_examples: int, prompt_len: int, response_len: int, vocab: int):
-    """A trainer ``_Run`` over random fixed-length sequences (reference log-probs: zeros)."""
+    """A trainer ``TrainRun`` over random fixed-length sequences (reference log-probs: zeros)."""
     import torch
 
     from sso.config import TrainConfig
-    from sso.training.trainer import OBJECTIVES as TRAIN_OBJECTIVES
-    from sso.training.trainer import _Run
+    from sso.training.objectives import DPO_OBJECTIVE, SSO_OBJECTIVE
+    from sso.training.trainer import TrainRun
 
     gen = torch.Generator().manual_seed(0)
     k = OBJECTIVES[objective]
@@ -89,7 +89,7 @@ def make_run(model, objective: str, n_examples: int, prompt_len: int, response_l
 
     encoded = [[(ids(prompt_len), ids(response_len)) for _ in range(n_examples)] for _ in range(k)]
     cfg = TrainConfig(learning_rate=1e-5, batch_size=n_examples, warmup_ratio=0.0)
-    return _Run(model=model, objective=TRAIN_OBJECTIVES[objective], cfg=cfg, encoded=encoded,
+    return TrainRun(model=model, objective={"dpo": DPO_OBJECTIVE, "sso": SSO_OBJECTIVE}[objective], cfg=cfg, encoded=encoded,
                 ref_logps=torch.zeros(k, n_examples), max_length=prompt_len + response_len, pad_id=0), cfg
 
 
@@ -141,11 +141,11 @@ def peak_tflops(device, override: float | None) -> float | None:
 def bench_one(model, config, shape: str, objective: str, args, device) -> dict:
     import torch
 
-    from sso.training.trainer import _make_optimizer, optimizer_step
+    from sso.training.trainer import make_optimizer, optimizer_step
 
     n = args.examples or max(1, DEFAULT_SEQS[shape] // OBJECTIVES[objective])
     run, cfg = make_run(model, objective, n, args.prompt_len, args.response_len, config.vocab_size)
-    opt, sched = _make_optimizer(model, cfg, total_steps=args.warmup + args.steps)
+    opt, sched = make_optimizer(model, cfg, total_steps=args.warmup + args.steps)
     model.train()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(args.warmup):

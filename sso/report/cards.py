@@ -1,17 +1,12 @@
-"""What the flow's cards show, as plain data: component specs, table rows and Vega-Lite specs.
+"""What the flow's cards show, as plain data: one list of component specs per card.
 
 Nothing here imports metaflow: every function takes artifacts (DataFrames, dicts) and returns a
-list of *component specs*, small dicts that :mod:`flows.sso_cards` turns into Metaflow card
-components::
+list of *component specs* (:mod:`sso.report.card_specs`: markdown, table and Vega-Lite specs, the
+charts from :mod:`sso.report.card_charts`) that :mod:`flows.sso_cards` turns into Metaflow card
+components.
 
-    {"type": "markdown", "text": "## ..."}
-    {"type": "table", "headers": [...], "rows": [[cell, ...], ...]}     # cells: str / int / float
-                                                                        # or a markdown spec (links)
-    {"type": "vega", "name": "loss", "spec": {...Vega-Lite v5...}}
-
-Every number shown comes from an artifact of the run (DESIGN: "every number shown in a card is also
-an artifact readable with the Client API"); nothing is recomputed here except formatting,
-truncation and reshaping into long-form chart data.
+Every number shown comes from an artifact of the run, so it can also be read with the Client API;
+nothing is recomputed here except formatting, truncation and reshaping into long-form chart data.
 
 Cards, by step: ``join_samples`` (:func:`build_samples_card`), ``train_generator`` /
 ``train_policy`` (:func:`build_training_card`, live: :func:`build_training_charts`), ``judge``
@@ -21,97 +16,52 @@ Cards, by step: ``join_samples`` (:func:`build_samples_card`), ``train_generator
 
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
-VEGA_SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
-TEXT_LIMIT = 160            # characters of free text per table cell
-RAW_JUDGE_LIMIT = 400       # characters of raw judge text per example judgment
-CHART_HEIGHT = 180
-
-# Pairs reported by each training objective: metric key prefix -> label in the charts.
-TRAINING_PAIRS = {
-    "sso": {"plus_": "plus (x+: y+ > y-)", "minus_": "minus (x-: y_o > y+)"},
-    "dpo": {"": "chosen > rejected"},
-}
-
-
-# ----------------------------------------------------------------------------------------------
-# Primitives
-# ----------------------------------------------------------------------------------------------
-
-
-def markdown(text: str) -> dict:
-    return {"type": "markdown", "text": text}
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> dict:
-    rows = [list(r) for r in rows]
-    for i, r in enumerate(rows):
-        if len(r) != len(headers):
-            raise ValueError(f"table row {i} has {len(r)} cells, expected {len(headers)} ({list(headers)})")
-    return {"type": "table", "headers": list(headers), "rows": rows}
-
-
-def vega(name: str, spec: dict) -> dict:
-    return {"type": "vega", "name": name, "spec": spec}
-
-
-def is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    """A number as table text: ints as is, floats with ``digits`` decimals, missing as ``-``."""
-    if is_missing(value):
-        return "-"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if x != 0 and abs(x) < 0.5 * 10 ** -digits:   # small but not zero: significant digits
-        return f"{x:.{digits}g}"
-    return f"{x:.{digits}f}"
-
-
-def truncate(text: Any, limit: int = TEXT_LIMIT) -> str:
-    """``text`` on one line, cut to ``limit`` characters with an ellipsis and the full length."""
-    if is_missing(text):
-        return ""
-    s = " ".join(str(text).split())
-    if len(s) <= limit:
-        return s
-    return f"{s[:limit].rstrip()}... [{len(s)} chars]"
-
-
-def _plain(value: Any) -> Any:
-    """numpy / pandas scalars -> Python scalars (JSON-safe); NaN -> None."""
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        try:
-            value = value.item()
-        except (ValueError, AttributeError):
-            pass
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    return value
-
-
-def _text(value: Any, missing: str = "") -> str:
-    return missing if is_missing(value) or value == "" else str(value)
-
-
-def _kv_table(pairs: Iterable[tuple[str, Any]], headers=("what", "value")) -> dict:
-    return table(list(headers), [[k, fmt(v) if not isinstance(v, str) else v] for k, v in pairs])
-
+from sso.report.card_charts import build_training_charts, outcome_chart, metrics_chart, win_rate_chart
+from sso.report.card_specs import (RAW_JUDGE_LIMIT, TEXT_LIMIT, cell_text, fmt, is_missing, kv_table, markdown,
+                                   records, table, truncate, vega)
 
 # ----------------------------------------------------------------------------------------------
 # join_samples
 # ----------------------------------------------------------------------------------------------
+
+COUNT_ORDER = ("n_train_queries", "n_generator_queries", "n_sso_triples", "n_pbaa_pairs",
+               "n_base_answers", "n_shards", "truncated_principled", "mean_tokens_y_plus",
+               "mean_tokens_y_minus")
+
+
+def _scalar_table(report: dict, header: str) -> dict:
+    """The int / float / str entries of ``report`` as a (``header``, value) table."""
+    return kv_table(((k, v) for k, v in report.items() if isinstance(v, (int, float, str))),
+                    headers=(header, "value"))
+
+
+def _counts_section(report: dict) -> list[dict]:
+    keys = [k for k in COUNT_ORDER if k in report] + sorted(k for k in report if k not in COUNT_ORDER)
+    specs = [markdown("## Counts"), kv_table(((k, report[k]) for k in keys), headers=("count", "value"))]
+    if not any("_dropped_" in k for k in report):
+        specs.append(markdown("No degenerate records were dropped."))
+    return specs
+
+
+def _principle_sources(principles, principles_report: dict | None) -> list[dict]:
+    if principles_report:
+        return [markdown("## Principle sources"), _scalar_table(principles_report, "principles")]
+    if principles is not None and "source" in getattr(principles, "columns", ()):
+        counts = principles["source"].value_counts()
+        return [markdown("## Principle sources"),
+                table(["source", "principle pairs"], [[str(s), int(n)] for s, n in counts.items()])]
+    return []
+
+
+def _example_triples(triples, n_examples: int, limit: int) -> list[dict]:
+    cols = ["query_id", "prompt", "good_principle", "y_plus", "bad_principle", "y_minus", "y_o"]
+    rows = [[str(r["query_id"])] + [truncate(r[c], limit) for c in cols[1:]]
+            for _, r in triples.head(n_examples).iterrows()]
+    return [markdown(f"## Example triples (first {min(n_examples, len(triples))} of {len(triples)})"),
+            table(["query", "x (prompt)", "good principle", "y+ | x+", "bad principle",
+                   "y- | x-", "y_o | x"], rows)]
 
 
 def build_samples_card(report: dict, triples, pairs, principles=None, query_report: dict | None = None,
@@ -127,109 +77,16 @@ def build_samples_card(report: dict, triples, pairs, principles=None, query_repo
                       f"{report.get('n_shards', '?')} shard(s): **{len(triples)}** SSO triples for the "
                       f"generator, **{len(pairs)}** principle-based (PBAA) pairs, "
                       f"{report.get('n_base_answers', 0)} base answers for evaluation.")]
-    order = ["n_train_queries", "n_generator_queries", "n_sso_triples", "n_pbaa_pairs",
-             "n_base_answers", "n_shards", "truncated_principled", "mean_tokens_y_plus",
-             "mean_tokens_y_minus"]
-    keys = [k for k in order if k in report] + sorted(k for k in report if k not in order)
-    specs.append(markdown("## Counts"))
-    specs.append(_kv_table(((k, report[k]) for k in keys), headers=("count", "value")))
-    dropped = {k: v for k, v in report.items() if "_dropped_" in k}
-    if not dropped:
-        specs.append(markdown("No degenerate records were dropped."))
+    specs += _counts_section(report)
     if query_report:
-        specs.append(markdown("## Queries loaded"))
-        specs.append(_kv_table(((k, v) for k, v in query_report.items()
-                                if isinstance(v, (int, float, str))), headers=("count", "value")))
-    if principles_report:
-        specs.append(markdown("## Principle sources"))
-        specs.append(_kv_table(((k, v) for k, v in principles_report.items()
-                                if isinstance(v, (int, float, str))), headers=("principles", "value")))
-    elif principles is not None and "source" in getattr(principles, "columns", ()):
-        counts = principles["source"].value_counts()
-        specs.append(markdown("## Principle sources"))
-        specs.append(table(["source", "principle pairs"],
-                           [[str(s), int(n)] for s, n in counts.items()]))
-    specs.append(markdown(f"## Example triples (first {min(n_examples, len(triples))} of {len(triples)})"))
-    cols = ["query_id", "prompt", "good_principle", "y_plus", "bad_principle", "y_minus", "y_o"]
-    rows = [[str(r["query_id"])] + [truncate(r[c], limit) for c in cols[1:]]
-            for _, r in triples.head(n_examples).iterrows()]
-    specs.append(table(["query", "x (prompt)", "good principle", "y+ | x+", "bad principle",
-                        "y- | x-", "y_o | x"], rows))
-    return specs
+        specs += [markdown("## Queries loaded"), _scalar_table(query_report, "count")]
+    specs += _principle_sources(principles, principles_report)
+    return specs + _example_triples(triples, n_examples, limit)
 
 
 # ----------------------------------------------------------------------------------------------
 # Training (train_generator, train_policy)
 # ----------------------------------------------------------------------------------------------
-
-
-def training_pairs(history_or_row) -> dict[str, str]:
-    """The (prefix -> label) pairs whose margin/accuracy a history reports."""
-    cols = set(getattr(history_or_row, "columns", history_or_row))
-    if "plus_margin" in cols:
-        return TRAINING_PAIRS["sso"]
-    return TRAINING_PAIRS["dpo"]
-
-
-def _records(history) -> list[dict]:
-    if history is None:
-        return []
-    if hasattr(history, "to_dict"):
-        return [dict(r) for r in history.to_dict(orient="records")]
-    return [dict(r) for r in history]
-
-
-def build_training_chart_data(history) -> dict[str, list[dict]]:
-    """Long-form chart rows from a history table (or list of logged rows)."""
-    rows = _records(history)
-    pairs = training_pairs(rows[0].keys() if rows else ())
-    data: dict[str, list[dict]] = {"loss": [], "margin": [], "accuracy": [], "learning_rate": [],
-                                   "tokens_per_s": []}
-    for r in rows:
-        step = _plain(r["step"])
-        data["loss"].append({"step": step, "loss": _plain(r.get("loss"))})
-        data["learning_rate"].append({"step": step, "learning_rate": _plain(r.get("learning_rate"))})
-        data["tokens_per_s"].append({"step": step, "tokens_per_s": _plain(r.get("tokens_per_s"))})
-        for prefix, label in pairs.items():
-            if f"{prefix}margin" in r:
-                data["margin"].append({"step": step, "pair": label, "margin": _plain(r[f"{prefix}margin"])})
-            if f"{prefix}accuracy" in r:
-                data["accuracy"].append({"step": step, "pair": label,
-                                         "accuracy": _plain(r[f"{prefix}accuracy"])})
-    return data
-
-
-def line_chart(title: str, values: list[dict], y: str, *, y_title: str | None = None,
-               color: str | None = None, y_domain: Sequence[float] | None = None) -> dict:
-    """A Vega-Lite line chart of ``y`` over ``step`` (one line per ``color`` value)."""
-    y_enc: dict[str, Any] = {"field": y, "type": "quantitative", "title": y_title or y}
-    if y_domain is not None:
-        y_enc["scale"] = {"domain": list(y_domain)}
-    enc: dict[str, Any] = {"x": {"field": "step", "type": "quantitative", "title": "optimizer step"},
-                           "y": y_enc,
-                           "tooltip": [{"field": "step", "type": "quantitative"},
-                                       {"field": y, "type": "quantitative", "format": ".4f"}]}
-    if color:
-        enc["color"] = {"field": color, "type": "nominal", "title": color}
-        enc["tooltip"].append({"field": color, "type": "nominal"})
-    return {"$schema": VEGA_SCHEMA, "title": title, "height": CHART_HEIGHT,
-            "data": {"values": values}, "mark": {"type": "line", "point": True}, "encoding": enc}
-
-
-def build_training_charts(history) -> list[dict]:
-    """The training curves as vega specs: loss, per-pair margin and accuracy, LR, tokens/s."""
-    data = build_training_chart_data(history)
-    return [
-        vega("loss", line_chart("training loss", data["loss"], "loss")),
-        vega("margin", line_chart("reward margin per pair (beta * log-ratio, chosen - rejected)",
-                                  data["margin"], "margin", color="pair")),
-        vega("accuracy", line_chart("reward accuracy per pair (chosen reward > rejected)",
-                                    data["accuracy"], "accuracy", color="pair", y_domain=(0, 1))),
-        vega("learning_rate", line_chart("learning rate", data["learning_rate"], "learning_rate",
-                                         y_title="learning rate")),
-        vega("tokens_per_s", line_chart("throughput", data["tokens_per_s"], "tokens_per_s",
-                                        y_title="tokens / s")),
-    ]
 
 
 def build_training_status(title: str, rows: Sequence[dict], total_steps: int | None,
@@ -254,20 +111,20 @@ SUMMARY_ORDER = ("objective", "loss_type", "examples", "steps", "examples_seen",
 
 def build_training_card(title: str, history, summary: dict, *, total_steps: int | None = None) -> list[dict]:
     """The final training card: status, summary table (after-training metrics), curves."""
-    rows = _records(history)
+    rows = records(history)
     keys = [k for k in SUMMARY_ORDER if k in summary]
     keys += sorted(k for k in summary if k not in keys and isinstance(summary[k], (int, float, str)))
     specs = [markdown(build_training_status(title, rows, total_steps or summary.get("steps"), done=True)),
              markdown("## Summary\nAccuracy and margin below are measured on the whole training "
                       "table after training (eval mode); the curves show per-step batch means."),
-             _kv_table(((k, summary[k]) for k in keys), headers=("metric", "value")),
+             kv_table(((k, summary[k]) for k in keys), headers=("metric", "value")),
              markdown("## Curves")]
     return specs + build_training_charts(rows)
 
 
 def planned_steps(n_examples: int, train_cfg, seed: int) -> int:
     """How many optimizer steps the trainer will take (for a live progress display)."""
-    from sso.training.trainer import build_schedule
+    from sso.training.schedule import build_schedule
 
     return len(build_schedule(n_examples, train_cfg, seed))
 
@@ -282,7 +139,7 @@ ARM_TABLE_HEADERS = ["arm", "pairs", "pref. accuracy", "on-policyness", "win rat
 
 
 def arm_table_row(r: dict) -> list:
-    """One arm's row of the arm table, from a ``results`` row (steps/compare.py columns)."""
+    """One arm's row of the arm table, from a ``results`` row (sso.report.results columns)."""
     return [str(r["arm"]), fmt(r.get("n_pairs")), fmt(r.get("pref_accuracy")),
             fmt(r.get("on_policyness"), 4), fmt(r.get("win_rate")),
             f"[{fmt(r.get('win_rate_ci_low'))}, {fmt(r.get('win_rate_ci_high'))}]",
@@ -291,68 +148,20 @@ def arm_table_row(r: dict) -> list:
             fmt(r.get("judge_requests")), fmt(r.get("judge_cost_usd"), 4)]
 
 
-def win_rate_chart(results) -> dict:
-    """Win rate vs the base policy per arm, with its bootstrap 95% interval and the 0.5 line."""
-    values = [{"arm": str(r["arm"]), "win_rate": _plain(r["win_rate"]),
-               "ci_low": _plain(r["win_rate_ci_low"]), "ci_high": _plain(r["win_rate_ci_high"])}
-              for r in _records(results)]
-    x = {"field": "arm", "type": "nominal", "sort": None, "title": "arm", "axis": {"labelAngle": 0}}
-    return {
-        "$schema": VEGA_SCHEMA, "title": "win rate vs base policy (ties count half), 95% bootstrap CI",
-        "height": CHART_HEIGHT,
-        "layer": [
-            {"data": {"values": values}, "layer": [
-                {"mark": {"type": "bar", "opacity": 0.8, "width": {"band": 0.6}},
-                 "encoding": {"x": x, "y": {"field": "win_rate", "type": "quantitative",
-                                            "title": "win rate", "scale": {"domain": [0, 1]}},
-                              "tooltip": [{"field": "arm"}, {"field": "win_rate", "format": ".3f"},
-                                          {"field": "ci_low", "format": ".3f"},
-                                          {"field": "ci_high", "format": ".3f"}]}},
-                {"mark": {"type": "errorbar", "ticks": {"size": 24}, "thickness": 2},
-                 "encoding": {"x": x, "y": {"field": "ci_low", "type": "quantitative", "title": "win rate"},
-                              "y2": {"field": "ci_high"}}},
-            ]},
-            {"data": {"values": [{"y": 0.5}]}, "mark": {"type": "rule", "strokeDash": [4, 4]},
-             "encoding": {"y": {"field": "y", "type": "quantitative"}}},
-        ],
-    }
+def _arm_table(recs: list[dict]) -> dict:
+    return table(ARM_TABLE_HEADERS, [arm_table_row(r) for r in recs])
 
 
-def metrics_chart(results) -> dict:
-    """Preference-data accuracy, on-policyness and win rate per arm, one panel (own scale) each."""
-    names = {"pref_accuracy": "pref. accuracy", "on_policyness": "on-policyness", "win_rate": "win rate"}
-    values = [{"arm": str(r["arm"]), "metric": label, "value": _plain(r[key])}
-              for r in _records(results) for key, label in names.items() if key in r]
-    return {
-        "$schema": VEGA_SCHEMA, "title": "arms side by side", "data": {"values": values},
-        "facet": {"column": {"field": "metric", "type": "nominal", "title": None,
-                             "sort": list(names.values())}},
-        "spec": {"height": CHART_HEIGHT - 40, "width": 160, "mark": {"type": "bar"},
-                 "encoding": {"x": {"field": "arm", "type": "nominal", "sort": None, "title": None,
-                                    "axis": {"labelAngle": 0}},
-                              "color": {"field": "arm", "type": "nominal", "sort": None, "legend": None},
-                              "y": {"field": "value", "type": "quantitative", "title": None},
-                              "tooltip": [{"field": "arm"}, {"field": "metric"},
-                                          {"field": "value", "format": ".4g"}]}},
-        "resolve": {"scale": {"y": "independent"}},
-    }
-
-
-def outcome_chart(arm_rows: list[dict]) -> dict:
-    """Stacked wins / ties / losses / unparsable per arm."""
-    values = [{"arm": str(r["arm"]), "outcome": o, "pairs": _plain(r.get(k, 0)) or 0}
-              for r in arm_rows for o, k in (("win", "wins"), ("tie", "ties"), ("loss", "losses"),
-                                             ("unparsable", "unparsable"))]
-    return {
-        "$schema": VEGA_SCHEMA, "title": "eval pairs by outcome (both orders must agree for a win)",
-        "height": 120, "data": {"values": values}, "mark": {"type": "bar"},
-        "encoding": {"y": {"field": "arm", "type": "nominal", "sort": None},
-                     "x": {"field": "pairs", "type": "quantitative", "stack": "zero",
-                           "axis": {"tickMinStep": 1, "format": "d"}},
-                     "color": {"field": "outcome", "type": "nominal",
-                               "scale": {"domain": ["win", "tie", "loss", "unparsable"]}},
-                     "tooltip": [{"field": "arm"}, {"field": "outcome"}, {"field": "pairs"}]},
-    }
+def _answer_lookups(answers, base_answers) -> tuple[dict, dict, dict]:
+    """(query -> instruction, (arm, query) -> arm answer, query -> base answer)."""
+    prompts, arm_text, base_text = {}, {}, {}
+    if base_answers is not None:
+        base_text = dict(zip(map(str, base_answers["query_id"]), base_answers["answer"]))
+        prompts = dict(zip(map(str, base_answers["query_id"]), base_answers["prompt"]))
+    if answers is not None:
+        key_arm = answers["arm"] if "arm" in answers.columns else [None] * len(answers)
+        arm_text = {(a, str(q)): t for a, q, t in zip(key_arm, answers["query_id"], answers["answer"])}
+    return prompts, arm_text, base_text
 
 
 def build_judgment_examples(judgments, answers=None, base_answers=None, *, n: int = 4,
@@ -364,13 +173,7 @@ def build_judgment_examples(judgments, answers=None, base_answers=None, *, n: in
     if "kind" in df.columns:
         df = df[df["kind"] == "win_rate"]
     arms = list(dict.fromkeys(df["arm"])) if "arm" in df.columns else [None]
-    prompts, arm_text, base_text = {}, {}, {}
-    if base_answers is not None:
-        base_text = dict(zip(map(str, base_answers["query_id"]), base_answers["answer"]))
-        prompts = dict(zip(map(str, base_answers["query_id"]), base_answers["prompt"]))
-    if answers is not None:
-        key_arm = answers["arm"] if "arm" in answers.columns else [None] * len(answers)
-        arm_text = {(a, str(q)): t for a, q, t in zip(key_arm, answers["query_id"], answers["answer"])}
+    prompts, arm_text, base_text = _answer_lookups(answers, base_answers)
     rows = []
     for arm in arms:
         sub = df if arm is None else df[df["arm"] == arm]
@@ -380,9 +183,9 @@ def build_judgment_examples(judgments, answers=None, base_answers=None, *, n: in
                 rows.append([
                     "" if arm is None else str(arm), qid, truncate(prompts.get(qid, ""), limit),
                     truncate(arm_text.get((arm, qid), arm_text.get((None, qid), "")), limit),
-                    truncate(base_text.get(qid, ""), limit), _text(j.get("order")),
-                    _text(j.get("candidate_label")), _text(j.get("verdict"), "none"),
-                    _text(j.get("preferred")), truncate(j.get("raw", ""), raw_limit)])
+                    truncate(base_text.get(qid, ""), limit), cell_text(j.get("order")),
+                    cell_text(j.get("candidate_label")), cell_text(j.get("verdict"), "none"),
+                    cell_text(j.get("preferred")), truncate(j.get("raw", ""), raw_limit)])
     return [table(["arm", "query", "instruction", "arm answer", "base answer", "order",
                    "arm's label", "verdict", "preferred", "raw judge text"], rows)]
 
@@ -401,11 +204,11 @@ def build_judge_card(arm: str, metrics: dict, usage: dict, judgments, answers=No
                      if h not in ("pairs", "on-policyness")]]),
              vega("outcomes", outcome_chart([row])),
              markdown("## Usage"),
-             _kv_table([(k, v) for k, v in usage.items()], headers=("usage", "value")),
+             kv_table([(k, v) for k, v in usage.items()], headers=("usage", "value")),
              markdown("## Preference-data accuracy"),
-             _kv_table([(k, metrics[k]) for k in ("pref_accuracy", "pref_accuracy_n", "pref_ties",
-                                                 "pref_unparsable") if k in metrics],
-                       headers=("metric", "value")),
+             kv_table([(k, metrics[k]) for k in ("pref_accuracy", "pref_accuracy_n", "pref_ties",
+                                                "pref_unparsable") if k in metrics],
+                      headers=("metric", "value")),
              markdown(f"## Example judgments (raw judge text kept; first {n_examples} pairs)")]
     return specs + build_judgment_examples(judgments, answers, base_answers, n=n_examples)
 
@@ -413,7 +216,7 @@ def build_judge_card(arm: str, metrics: dict, usage: dict, judgments, answers=No
 def build_compare_card(results, judgments=None, answers=None, base_answers=None, *,
                        n_examples: int = 3) -> list[dict]:
     """The arm table as a table and charts, and example judgments per arm."""
-    recs = _records(results)
+    recs = records(results)
     best = max(recs, key=lambda r: -1 if is_missing(r.get("win_rate")) else r["win_rate"]) if recs else None
     head = "# Compare arms\n"
     if best is not None:
@@ -421,7 +224,7 @@ def build_compare_card(results, judgments=None, answers=None, base_answers=None,
                  f"95% CI [{fmt(best['win_rate_ci_low'])}, {fmt(best['win_rate_ci_high'])}]). ")
     head += ("Pref. accuracy: the judge prefers the arm's chosen response over its rejected one. "
              "On-policyness: mean per-token probability of the arm's responses under the initial policy.")
-    specs = [markdown(head), table(ARM_TABLE_HEADERS, [arm_table_row(r) for r in recs]),
+    specs = [markdown(head), _arm_table(recs),
              vega("win_rate", win_rate_chart(recs)), vega("metrics", metrics_chart(recs)),
              vega("outcomes", outcome_chart(recs))]
     if judgments is not None:
@@ -435,6 +238,38 @@ def build_compare_card(results, judgments=None, answers=None, base_answers=None,
 # ----------------------------------------------------------------------------------------------
 
 
+def _pipeline_table(sampling_report: dict, generator_summary: dict, policy_summaries: dict[str, dict]) -> dict:
+    """One row per stage (sampling, generator, each policy) and what came out of it."""
+    return table(["stage", "what came out"], [
+        ["sampling", f"{sampling_report.get('n_sso_triples', '?')} SSO triples, "
+                     f"{sampling_report.get('n_pbaa_pairs', '?')} PBAA pairs, "
+                     f"{sampling_report.get('n_base_answers', '?')} base answers"],
+        ["generator", f"{generator_summary.get('steps', '?')} steps, final loss "
+                      f"{fmt(generator_summary.get('final_loss'), 4)}, "
+                      f"{fmt(generator_summary.get('tokens_per_s'), 0)} tokens/s"],
+        *[[f"policy {arm}", f"{s.get('steps', '?')} steps, final loss {fmt(s.get('final_loss'), 4)}, "
+                            f"train accuracy {fmt(s.get('accuracy'))}"]
+          for arm, s in policy_summaries.items()],
+    ])
+
+
+def _file_uri(path: str) -> str:
+    from pathlib import Path
+
+    return Path(path).resolve().as_uri()
+
+
+def _step_cards_table(step_cards: Sequence[dict], card_files: dict[str, str] | None) -> dict:
+    """One row per step card; the step links to its exported HTML file when there is one."""
+    rows = []
+    for c in step_cards:
+        link = (card_files or {}).get(f"{c['step']}/{c.get('task', '')}") or \
+            (card_files or {}).get(c["step"])
+        where = markdown(f"[{c['step']}]({_file_uri(link)})") if link else c["step"]
+        rows.append([where, str(c.get("task", "")), str(c["id"]), c.get("what", "")])
+    return table(["step", "task", "card id", "what it shows"], rows)
+
+
 def build_summary_card(*, flow_name: str, run_id: str, config: dict, results, sampling_report: dict,
                        generator_summary: dict, policy_summaries: dict[str, dict],
                        step_cards: Sequence[dict], exported: dict[str, str] | None = None,
@@ -446,45 +281,22 @@ def build_summary_card(*, flow_name: str, run_id: str, config: dict, results, sa
     """
     model = config.get("model", {}).get("name", "?")
     run_cfg = config.get("run", {})
-    recs = _records(results)
+    recs = records(results)
     specs = [markdown(f"# {flow_name} run {run_id}\n"
                       f"Model `{model}`, seed {run_cfg.get('seed', '?')}, "
                       f"{sampling_report.get('n_train_queries', '?')} train queries, "
                       f"arms {', '.join(str(r['arm']) for r in recs)}."),
-             markdown("## Results"), table(ARM_TABLE_HEADERS, [arm_table_row(r) for r in recs]),
+             markdown("## Results"), _arm_table(recs),
              vega("win_rate", win_rate_chart(recs)),
-             markdown("## Pipeline"),
-             table(["stage", "what came out"], [
-                 ["sampling", f"{sampling_report.get('n_sso_triples', '?')} SSO triples, "
-                              f"{sampling_report.get('n_pbaa_pairs', '?')} PBAA pairs, "
-                              f"{sampling_report.get('n_base_answers', '?')} base answers"],
-                 ["generator", f"{generator_summary.get('steps', '?')} steps, final loss "
-                               f"{fmt(generator_summary.get('final_loss'), 4)}, "
-                               f"{fmt(generator_summary.get('tokens_per_s'), 0)} tokens/s"],
-                 *[[f"policy {arm}", f"{s.get('steps', '?')} steps, final loss {fmt(s.get('final_loss'), 4)}, "
-                                     f"train accuracy {fmt(s.get('accuracy'))}"]
-                   for arm, s in policy_summaries.items()],
-             ]),
+             markdown("## Pipeline"), _pipeline_table(sampling_report, generator_summary, policy_summaries),
              markdown("## Step cards\nOpen one with `python flows/sso_flow.py card view "
                       f"{run_id}/<step>` (or `card get {run_id}/<step>[/<task>] --id <id> file.html`)."
-                      + (" Exported copies are linked below." if card_files else ""))]
-    rows = []
-    for c in step_cards:
-        link = (card_files or {}).get(f"{c['step']}/{c.get('task', '')}") or \
-            (card_files or {}).get(c["step"])
-        where = markdown(f"[{c['step']}]({_file_uri(link)})") if link else c["step"]
-        rows.append([where, str(c.get("task", "")), str(c["id"]), c.get("what", "")])
-    specs.append(table(["step", "task", "card id", "what it shows"], rows))
+                      + (" Exported copies are linked below." if card_files else "")),
+             _step_cards_table(step_cards, card_files)]
     if exported:
         specs.append(markdown("## Exported files"))
         specs.append(table(["what", "path"], [[k, v] for k, v in exported.items()]))
     return specs
-
-
-def _file_uri(path: str) -> str:
-    from pathlib import Path
-
-    return Path(path).resolve().as_uri()
 
 
 def render_next_steps(*, flow_file: str, run_id: str, out_dir: str, exported: dict[str, str],

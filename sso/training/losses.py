@@ -4,11 +4,13 @@ Every function takes per-sequence log-probabilities (already reduced over the re
 returns per-example losses plus *detached* rewards/metrics; the trainer reduces, logs and steps.
 No config objects, no model, no trainer state.
 
-Notation (see ``/work/shared/SSO.md``): ``log pi(y|x)`` is the SUM of response-token log-probs,
-``a(y|x) = log pi(y|x) / |y|`` the MEAN per response token, ``pi_ref`` the frozen reference.
+Notation as in the SSO paper (Xiang et al. 2024, arXiv 2410.17131): ``log pi(y|x)`` is the SUM of
+response-token log-probs, ``a(y|x) = log pi(y|x) / |y|`` the MEAN per response token, ``pi_ref``
+the frozen reference.
 
-- :func:`dpo_loss`  DPO, Rafailov et al. 2023, Eq. 7 (sigmoid loss on summed log-ratios), with the
-  "conservative DPO" label smoothing of the DPO reference implementation.
+- :func:`dpo_loss`  DPO, Rafailov et al. 2023, Eq. 7 (sigmoid loss on summed log-ratios), with
+  "conservative DPO" label smoothing (a label flipped with probability ``eps``; Mitchell 2023,
+  "A note on DPO with noisy preferences").
 - :func:`ipo_loss`  IPO, Azar et al. 2023, Eq. 17, on MEAN log-ratios as in the SSO paper.
 - :func:`sso_loss`  the published SSO generator loss, Xiang et al. 2024 (arXiv 2410.17131):
   ``L+ + lambda * L-`` with ``L+ = L_base(x+, y+, y-) + gamma * L_SFT(x+, y+)`` and
@@ -171,7 +173,7 @@ def online_sso_loss(main: PairLogps, plus: PairLogps, minus: PairLogps, *, base:
     the main pair, and ``L = W * (L_main + theta * G)``.
 
     Options: ``use_weight=False`` sets ``W = 1``; ``detach_weight`` stops gradients through W;
-    ``weight_on_g_only`` gives ``L = L_main + W * theta * G`` (the authors' later code).
+    ``weight_on_g_only`` gives ``L = L_main + W * theta * G`` (only G weighted).
     Returns ``(losses [B], metrics)`` with ``main_*``, ``plus_*``, ``minus_*`` reward metrics and
     ``weight``, all detached ``[B]``.
     """

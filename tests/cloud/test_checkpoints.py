@@ -47,7 +47,7 @@ class CkptFlow(FlowSpec):
             with open(os.path.join(tmp, "adapter", "weights.bin"), "wb") as fh:
                 fh.write(os.urandom(1000))
             os.replace(tmp, os.path.join(root, "step-%08d" % i))
-            for old in os.listdir(root):        # keep the newest only, as sso.training.trainer does
+            for old in os.listdir(root):        # keep the newest only, as sso.training.checkpoints does
                 if old.startswith("step-") and old != "step-%08d" % i:
                     shutil.rmtree(os.path.join(root, old))
             if current.retry_count == 0 and i == 2:

@@ -160,7 +160,7 @@ def _training_card_matches(comps, history, summary, pairs):
 
 def test_generator_training_card(small_run):
     data = small_run["run"].data
-    from sso.report.cards import TRAINING_PAIRS
+    from sso.report.card_charts import TRAINING_PAIRS
 
     comps = the_card(small_run, "train_generator")
     _training_card_matches(comps, data.generator_history, data.generator_summary, TRAINING_PAIRS["sso"])
@@ -169,7 +169,7 @@ def test_generator_training_card(small_run):
 
 
 def test_policy_training_cards(small_run):
-    from sso.report.cards import TRAINING_PAIRS
+    from sso.report.card_charts import TRAINING_PAIRS
 
     for task in small_run["run"]["train_policy"]:
         comps = the_card(small_run, "train_policy", task.id)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sso.report import cards
+from sso.report import card_charts, card_specs, cards
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "flows"))
 import sso_cards  # noqa: E402  (flows/sso_cards.py)
@@ -39,24 +39,24 @@ SSO_HISTORY = pd.DataFrame({
     (3, "3"), (0.5, "0.500"), (math.nan, "-"), (None, "-"), (0.000245, "0.000245"), (0.0, "0.000"),
     ("sso", "sso"), (True, "True"), (1523.4, "1523.400")])
 def test_fmt(value, text):
-    assert cards.fmt(value) == text
+    assert card_specs.fmt(value) == text
 
 
 def test_fmt_numpy_scalars():
     np = pytest.importorskip("numpy")
-    assert cards.fmt(np.int64(12)) == "12" and cards.fmt(np.float64(0.25)) == "0.250"
+    assert card_specs.fmt(np.int64(12)) == "12" and card_specs.fmt(np.float64(0.25)) == "0.250"
 
 
 @pytest.mark.parametrize("text, expected", [
     ("", ""), (None, ""), (math.nan, ""), ("short", "short"), ("a\n  b\tc", "a b c"),
     ("x" * 30, "xxxxxxxxxx... [30 chars]")])
 def test_truncate(text, expected):
-    assert cards.truncate(text, 10) == expected
+    assert card_specs.truncate(text, 10) == expected
 
 
 def test_table_rejects_ragged_rows():
     with pytest.raises(ValueError, match="row 1 has 1 cells, expected 2"):
-        cards.table(["a", "b"], [[1, 2], [3]])
+        card_specs.table(["a", "b"], [[1, 2], [3]])
 
 
 # ------------------------------------------------------------------ join_samples
@@ -80,7 +80,7 @@ def test_samples_card_counts_sources_and_truncated_examples():
     assert sorted(sources["rows"]) == [["fallback", 1], ["model", 2]]
     cell = examples["rows"][0][3]
     assert cell.endswith(f"[{len(long.strip()) - 0} chars]") or cell.endswith("chars]")
-    assert len(cell) < cards.TEXT_LIMIT + 30 and examples["rows"][1][3] == "y+"
+    assert len(cell) < card_specs.TEXT_LIMIT + 30 and examples["rows"][1][3] == "y+"
     # a principles_report (counts by source) wins over the source column
     specs = cards.build_samples_card(report, triples, triples, principles,
                                      principles_report={"n_principles": 3, "n_fallback": 1})
@@ -91,18 +91,18 @@ def test_samples_card_counts_sources_and_truncated_examples():
 
 
 def test_training_chart_data_per_pair_for_sso_history():
-    data = cards.build_training_chart_data(SSO_HISTORY)
+    data = card_charts.build_training_chart_data(SSO_HISTORY)
     assert [r["loss"] for r in data["loss"]] == [2.9, 2.7, 2.5]
     margins = {(r["step"], r["pair"]): r["margin"] for r in data["margin"]}
-    assert margins[(2, cards.TRAINING_PAIRS["sso"]["plus_"])] == 0.2
-    assert margins[(3, cards.TRAINING_PAIRS["sso"]["minus_"])] is None      # NaN -> null
+    assert margins[(2, card_charts.TRAINING_PAIRS["sso"]["plus_"])] == 0.2
+    assert margins[(3, card_charts.TRAINING_PAIRS["sso"]["minus_"])] is None      # NaN -> null
     assert len(data["accuracy"]) == 6 and data["learning_rate"][2]["learning_rate"] == 1e-4
 
 
 def test_training_chart_data_single_pair_for_dpo_history():
     hist = [{"step": 1, "loss": 0.69, "learning_rate": 1e-3, "tokens_per_s": 10.0, "margin": 0.0,
              "accuracy": 0.0, "rewards_chosen": 0.0}]
-    data = cards.build_training_chart_data(hist)
+    data = card_charts.build_training_chart_data(hist)
     assert data["margin"] == [{"step": 1, "pair": "chosen > rejected", "margin": 0.0}]
 
 
@@ -214,7 +214,7 @@ def test_summary_card_and_next_steps(tmp_path):
     assert "run 42" in specs[0]["text"] and "seed 3" in specs[0]["text"]
     tables = _specs_of(specs, "table")
     cards_table = [t for t in tables if t["headers"][0] == "step"][0]
-    assert cards_table["rows"][0][0] == cards.markdown(f"[compare]({html.resolve().as_uri()})")
+    assert cards_table["rows"][0][0] == card_specs.markdown(f"[compare]({html.resolve().as_uri()})")
     assert cards_table["rows"][1][0] == "end"
     text = cards.render_next_steps(flow_file="flows/sso_flow.py", run_id="42", out_dir="/o",
                                    exported=exported, configs_dir=str(tmp_path / "configs"),
@@ -250,11 +250,11 @@ class FakeCard:
 def test_to_component_maps_every_spec_type():
     from metaflow.cards import Markdown, Table, VegaChart
 
-    assert isinstance(sso_cards.to_component(cards.markdown("# x")), Markdown)
-    table = sso_cards.to_component(cards.table(["a"], [[1], ["b"]]))
+    assert isinstance(sso_cards.to_component(card_specs.markdown("# x")), Markdown)
+    table = sso_cards.to_component(card_specs.table(["a"], [[1], ["b"]]))
     assert isinstance(table, Table)
     assert table.render()["data"] == [[1], ["b"]]
-    assert isinstance(sso_cards.to_component(cards.vega("c", {"mark": "bar"})), VegaChart)
+    assert isinstance(sso_cards.to_component(card_specs.vega("c", {"mark": "bar"})), VegaChart)
     with pytest.raises(ValueError, match="unknown card component spec type 'image'"):
         sso_cards.to_component({"type": "image"})
 

@@ -13,7 +13,9 @@ import sso.training.trainer as trainer_mod
 from sso.training.adapters import read_adapter  # noqa: F401  (documents the adapter contract)
 from sso.generation.chat import render_prompt
 from sso.config import LoraConfig, ModelConfig, TrainConfig
-from sso.training.trainer import SSO_OBJECTIVE, TrainResult, build_schedule, optimizer_step, train_dpo, train_sso
+from sso.training.objectives import SSO_OBJECTIVE
+from sso.training.schedule import build_schedule
+from sso.training.trainer import TrainResult, optimizer_step, train_dpo, train_sso
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -116,11 +118,11 @@ def test_dpo_starts_at_ln2_and_reports(tiny_model_path, pairs):
 
 def test_every_lora_parameter_moves_and_no_base_weight(tiny_model_path, triples):
     c = cfg(lora=LoraConfig(r=4, alpha=8, target_modules=("q_proj", "v_proj", "down_proj")))
-    run, _ = trainer_mod._prepare(SSO_OBJECTIVE, tiny_model_path, triples.iloc[:8], c, MODEL_CFG, 0, None)
+    run, _ = trainer_mod.prepare_run(SSO_OBJECTIVE, tiny_model_path, triples.iloc[:8], c, MODEL_CFG, 0, None)
     before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
     trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    opt, sched = trainer_mod._make_optimizer(run.model, c, total_steps=2)
+    opt, sched = trainer_mod.make_optimizer(run.model, c, total_steps=2)
     run.model.train()
     for _ in range(2):   # step 1 moves every B (A has zero grad while B = 0); step 2 moves every A
         optimizer_step(run, opt, sched, [[0, 1, 2, 3]])

@@ -1,0 +1,117 @@
+"""Training checkpoints: atomic ``step-NNNNNNNN/`` directories a new call resumes from.
+
+A checkpoint holds ``state.pt`` (the loop state: step, history, counters, run fingerprint and
+reference report; the trainable parameters, optimizer, scheduler and RNG states; the reference
+log-probs, so that no reference pass runs again) and ``adapter/`` (the peft adapter as saved by
+``save_pretrained``). Only the newest checkpoint is kept. The fingerprint
+(:func:`compute_fingerprint`) ties a checkpoint to its objective, data, config, seed and starting
+adapter, so a checkpoint directory of a different run is refused rather than resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from sso.config import TrainConfig
+from sso.training.objectives import Objective
+
+CHECKPOINT_PREFIX = "step-"
+
+
+def compute_fingerprint(objective: Objective, table, cfg: TrainConfig, seed: int,
+                        init_adapter: dict[str, bytes] | None) -> str:
+    """Identity of a run for checkpoint matching (sha256 hex): objective, data, config, seed,
+    starting adapter."""
+    h = hashlib.sha256()
+    h.update(json.dumps([objective.name, seed, repr(cfg)]).encode())
+    for name in sorted(init_adapter or {}):
+        h.update(name.encode() + b"\x00" + init_adapter[name])
+    for col in objective.columns:
+        for value in table[col].tolist():
+            h.update(value.encode("utf-8", "surrogatepass"))
+            h.update(b"\x00")
+    return h.hexdigest()
+
+
+def trainable_state(model) -> dict[str, Tensor]:
+    """CPU copies of the parameters that require grad, by name."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict:
+    """The torch CPU (and, when present, every CUDA device's) RNG state."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned (CUDA states only where CUDA is available)."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(checkpoint_dir: str, state: dict, model) -> Path:
+    """Atomically write ``step-NNNNNNNN/`` (state.pt + peft adapter) and drop older ones."""
+    root = Path(checkpoint_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    torch.save(state, tmp / "state.pt")
+    model.save_pretrained(tmp / "adapter")
+    target = root / f"{CHECKPOINT_PREFIX}{state['step']:08d}"
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    for old in root.glob(f"{CHECKPOINT_PREFIX}*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def save_training_checkpoint(checkpoint_dir: str, state: dict, model, opt, sched,
+                             ref_logps: Tensor) -> Path:
+    """The loop ``state`` plus trainable parameters, optimizer, scheduler, RNG and the reference
+    log-probs ``[k, N]``, written by :func:`save_checkpoint`."""
+    ckpt = {**state, "trainable": trainable_state(model), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "rng": rng_state(), "ref_logps": ref_logps}
+    return save_checkpoint(checkpoint_dir, ckpt, model)
+
+
+def load_checkpoint(checkpoint_dir: str | None) -> dict | None:
+    """The newest complete checkpoint's state under ``checkpoint_dir``, or None."""
+    if not checkpoint_dir or not Path(checkpoint_dir).is_dir():
+        return None
+    done = sorted(p for p in Path(checkpoint_dir).glob(f"{CHECKPOINT_PREFIX}*") if (p / "state.pt").is_file())
+    if not done:
+        return None
+    return torch.load(done[-1] / "state.pt", map_location="cpu", weights_only=True)
+
+
+def load_matching_checkpoint(checkpoint_dir: str | None, fingerprint: str) -> dict | None:
+    """:func:`load_checkpoint`, or ValueError when the checkpoint found is of another run."""
+    ckpt = load_checkpoint(checkpoint_dir)
+    if ckpt is not None and ckpt["fingerprint"] != fingerprint:
+        raise ValueError(f"checkpoint_dir {checkpoint_dir!r} holds a checkpoint of a different run "
+                         "(data, config or seed differ); use an empty checkpoint_dir for a new run")
+    return ckpt
+
+
+def restore_checkpoint(ckpt: dict, model, opt, sched) -> None:
+    """Put a checkpoint's trainable parameters, optimizer, scheduler and RNG states back."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in ckpt["trainable"].items():
+            params[name].copy_(value.to(params[name].device))
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"])

@@ -1,0 +1,102 @@
+"""Training objectives: which sequences form one example and how their log-probs become a loss.
+
+Two objectives share the trainer's loop (:mod:`sso.training.trainer`):
+
+- :data:`DPO_OBJECTIVE`: plain DPO/IPO on (prompt_text, chosen, rejected);
+- :data:`SSO_OBJECTIVE`: the SSO generator loss on (x_plus, x_minus, y_plus, y_minus, y_o), four
+  sequences per example (see :func:`sso.training.losses.sso_loss`).
+
+:func:`validate_table` checks that a table can feed an objective before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import Tensor
+
+from sso.config import TrainConfig
+from sso.training.losses import PairLogps, base_pair_loss, pair_metrics, sso_loss
+
+ObjectiveLoss = Callable[[Tensor, Tensor, Tensor, TrainConfig], tuple[Tensor, dict[str, Tensor]]]
+Role = tuple[str, str, str]   # (name, prompt column, response column)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What one training example is made of and how its log-probs become a loss.
+
+    ``columns``: required columns, each a non-empty string in every row.
+    ``roles``: (name, prompt column, response column) of each sequence of an example, in the order
+    the loss reads them. ``report_roles``: sequences scored once under the reference for the
+    on-policyness report only. ``loss(policy [k, B], reference [k, B], n_tokens [k, B], cfg)``
+    returns per-example losses ``[B]`` and detached per-example metrics.
+    """
+
+    name: str
+    columns: tuple[str, ...]
+    roles: tuple[Role, ...]
+    loss: ObjectiveLoss
+    report_roles: tuple[Role, ...] = ()
+    optional_report_roles: tuple[Role, ...] = ()
+
+
+def _pair(pol: Tensor, ref: Tensor, ntok: Tensor, i: int) -> PairLogps:
+    """Rows ``i`` (chosen) and ``i + 1`` (rejected) of ``[k, B]`` tensors as one pair."""
+    return PairLogps(pol[i], pol[i + 1], ref[i], ref[i + 1], ntok[i], ntok[i + 1])
+
+
+def _dpo_objective_loss(pol: Tensor, ref: Tensor, ntok: Tensor, cfg: TrainConfig):
+    losses, rc, rr = base_pair_loss(_pair(pol, ref, ntok, 0), base=cfg.loss, beta=cfg.beta,
+                                    label_smoothing=cfg.label_smoothing)
+    return losses, pair_metrics("", rc, rr)
+
+
+def _sso_objective_loss(pol: Tensor, ref: Tensor, ntok: Tensor, cfg: TrainConfig):
+    return sso_loss(_pair(pol, ref, ntok, 0), _pair(pol, ref, ntok, 2), base=cfg.loss, beta=cfg.beta,
+                    gamma=cfg.gamma, lam=cfg.lam, label_smoothing=cfg.label_smoothing)
+
+
+DPO_OBJECTIVE = Objective(
+    name="dpo",
+    columns=("prompt_text", "chosen", "rejected"),
+    roles=(("chosen", "prompt_text", "chosen"), ("rejected", "prompt_text", "rejected")),
+    loss=_dpo_objective_loss,
+)
+
+SSO_OBJECTIVE = Objective(
+    name="sso",
+    columns=("x_plus", "x_minus", "y_plus", "y_minus", "y_o"),
+    roles=(("plus_chosen", "x_plus", "y_plus"), ("plus_rejected", "x_plus", "y_minus"),
+           ("minus_chosen", "x_minus", "y_o"), ("minus_rejected", "x_minus", "y_plus")),
+    loss=_sso_objective_loss,
+    report_roles=(("y_minus_x_minus", "x_minus", "y_minus"),),
+    optional_report_roles=(("y_plus_plain", "prompt_text", "y_plus"),
+                           ("y_minus_plain", "prompt_text", "y_minus")),
+)
+
+
+def validate_table(table, objective: Objective, name: str) -> None:
+    """Raise ValueError naming the column/row if ``table`` cannot feed ``objective``."""
+    import pandas as pd
+
+    if not isinstance(table, pd.DataFrame):
+        raise ValueError(f"{name} must be a pandas DataFrame, got {type(table).__name__}")
+    missing = [c for c in objective.columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{name} is missing column(s) {', '.join(missing)}; "
+                         f"expected {', '.join(objective.columns)}, got {', '.join(map(str, table.columns))}")
+    if len(table) == 0:
+        raise ValueError(f"{name} is empty: no rows to train on")
+    for col in objective.columns:
+        for pos, value in enumerate(table[col].tolist()):
+            if not isinstance(value, str) or not value.strip():
+                qid = f" (query_id {table['query_id'].iloc[pos]})" if "query_id" in table.columns else ""
+                raise ValueError(f"{name} column {col!r} row {pos}{qid} is empty or not a string: {value!r}")
+
+
+def report_roles(objective: Objective, table) -> tuple[Role, ...]:
+    """The objective's report-only roles, plus its optional ones whose prompt column ``table`` has."""
+    extra = tuple(r for r in objective.optional_report_roles if r[1] in table.columns)
+    return objective.report_roles + extra
