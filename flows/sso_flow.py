@@ -122,7 +122,7 @@ class SSOFlow(FlowSpec):
         from steps.load_queries import load_queries
 
         self.queries, self.eval_queries, self.query_report = load_queries(self.conf.data, seed=self.conf.run.seed)
-        print(f"queries: {self.query_report}")
+        print(f"queries: {self.query_report['summary']}")
         self.next(self.generate_principles)
 
     @step

@@ -53,6 +53,7 @@ class ModelConfig:
 class DataConfig:
     source: str = "builtin"            # "builtin", or a .jsonl/.csv/.parquet file, or a `datasets` dir
     format: str = "auto"               # auto | jsonl | csv | parquet | hf
+    encoding: str = "utf-8"            # JSONL/CSV text codec (UTF-8 BOM accepted), e.g. "latin-1"
     text_column: str = "prompt"
     id_column: str = ""                # empty: ids derived from row position
     n_queries: int = 48                # train (policy-stage) queries
@@ -137,11 +138,17 @@ class PolicyConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class DecodingConfig:
+    """Decoding settings shared by ``[eval]`` and :class:`sso.generation.sampling.GenerationParams`."""
     temperature: float = 0.7
     top_p: float = 0.8
     max_new_tokens: int = 48
     greedy: bool = False
+
+
+@dataclass(frozen=True)
+class EvalConfig(DecodingConfig):
+    """``[eval]``: how the base and the trained policies answer the eval queries."""
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ RULES: dict[str, dict[str, tuple]] = {
         "format": (lambda v: v in ("auto", "jsonl", "csv", "parquet", "hf"),
                    "must be one of: auto, jsonl, csv, parquet, hf"),
         "text_column": (lambda v: v.strip() != "", "must not be empty"),
+        "encoding": (lambda v: v.strip() != "", "must not be empty (e.g. utf-8, latin-1, cp1252)"),
         "n_queries": _POSITIVE,
         "n_generator_queries": _NONNEG,
         "n_eval": _POSITIVE,

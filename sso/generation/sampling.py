@@ -21,15 +21,14 @@ import tempfile
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+from sso.config import DecodingConfig
+
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GenerationParams:
-    temperature: float = 0.7
-    top_p: float = 0.8
-    max_new_tokens: int = 48
-    greedy: bool = False
+class GenerationParams(DecodingConfig):
+    """One sampling request's settings (built by :meth:`sso.config.SSOConfig.generation_params`)."""
     n: int = 1
     seed: int = 0
 
