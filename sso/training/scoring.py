@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from sso.generation.chat import encode_prompt, encode_response
+from sso.training.logprobs import chunked_token_logps, rows_per_chunk
 
 Encoded = tuple[list[int], list[int]]   # (prompt ids, response ids incl. end-of-turn)
 
@@ -137,41 +138,60 @@ def _accepts_logits_to_keep(model) -> bool:
     return base.__dict__["_sso_logits_to_keep"]
 
 
-def _response_logits(model, input_ids: Tensor, attention_mask: Tensor, scored: Tensor) -> Tensor:
-    """Logits ``[N, V]`` at the N positions whose NEXT token is a response token (``scored`` [B, T-1]).
+def _chunkable_head(head) -> bool:
+    """True for a plain ``nn.Linear`` with no hooks or patched ``forward`` (peft/accelerate wrappers are not)."""
+    return (type(head) is torch.nn.Linear and not head._forward_hooks and not head._forward_pre_hooks
+            and "forward" not in head.__dict__)
 
-    Preferred: run the decoder, pick the N hidden states, apply the LM head to those only (prompt
-    and padding positions never reach the vocabulary projection). Fallback: the model's own
-    forward, from the first scored column on (``logits_to_keep``) or in full.
-    """
-    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-    split = _head_split(model)
-    if split is not None:
-        decoder, head = split
-        hidden = decoder(**kwargs).last_hidden_state[:, :-1]           # [B, T-1, H]
-        return head(hidden[scored])                                     # [N, V]
+
+def _full_logits(model, kwargs: dict, scored: Tensor) -> Tensor:
+    """Fallback: logits ``[N, V]`` from the model's own forward, from the first scored column on."""
     start = int(scored.any(dim=0).nonzero()[0])
     if _accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = torch.arange(start, input_ids.shape[1] - 1, device=input_ids.device)
+        kwargs = {**kwargs, "logits_to_keep": torch.arange(start, scored.shape[1], device=scored.device)}
         logits = model(**kwargs).logits                                 # [B, T-1-start, V]
     else:
         logits = model(**kwargs).logits[:, start:-1]
     return logits[scored[:, start:]]                                    # [N, V]
 
 
+def _response_token_logps(model, input_ids: Tensor, attention_mask: Tensor, scored: Tensor) -> Tensor:
+    """Float32 log-prob ``[N]`` of each response token: the N positions where ``scored`` [B, T-1] is set.
+
+    Preferred: run the decoder, pick the N hidden states and apply the LM head to those only
+    (prompt and padding positions never reach the vocabulary projection); a plain ``nn.Linear``
+    head goes through :func:`chunked_token_logps`, so no ``[N, V]`` float32 logits exist at once.
+    Otherwise (a wrapped head, e.g. peft LoRA on ``lm_head``): the head's own forward and a
+    float32 log-softmax. Fallback when the head split does not verify: the model's own forward,
+    from the first scored column on (``logits_to_keep``) or in full.
+    """
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    targets = input_ids[:, 1:][scored]                                  # [N]
+    split = _head_split(model)
+    if split is None:
+        logits = _full_logits(model, kwargs, scored).float()            # [N, V]
+    else:
+        decoder, _ = split
+        head = _base_model(model).get_output_embeddings()               # now: may be wrapped since the check
+        hidden = decoder(**kwargs).last_hidden_state[:, :-1][scored]    # [N, H]
+        if _chunkable_head(head):
+            rows = rows_per_chunk(head.weight.shape[0])
+            return chunked_token_logps(hidden, head.weight, targets, bias=head.bias, chunk_size=rows)
+        logits = head(hidden).float()                                   # [N, V]
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
 def sequence_logps(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Summed response log-probs ``[B]`` and response token counts ``[B]`` in ONE forward pass.
 
-    Only the positions that predict a response token reach the LM head (see
-    :func:`_response_logits`); log-softmax is computed in float32.
+    Only the positions that predict a response token reach the LM head, and log-probs are computed
+    in float32 (see :func:`_response_token_logps`).
     """
     device = next(model.parameters()).device
     input_ids = batch["input_ids"].to(device)                  # [B, T]
     attention_mask = batch["attention_mask"].to(device)        # [B, T]
     scored = batch["loss_mask"].to(device)[:, 1:].bool()       # [B, T-1]: position t predicts token t+1
-    logits = _response_logits(model, input_ids, attention_mask, scored).float()   # [N, V]
-    targets = input_ids[:, 1:][scored]                         # [N]
-    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    token_logps = _response_token_logps(model, input_ids, attention_mask, scored)   # [N]
     rows = scored.nonzero()[:, 0]                              # [N] sequence of each scored token
     summed = torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=device).index_add(0, rows, token_logps)
     return summed, scored.sum(dim=-1).to(torch.float32)
