@@ -22,6 +22,9 @@ Output (a dict of plain objects: no client, model or key)
     usage      requests (asked this run), cache_hits, prompt_tokens, completion_tokens,
                est_cost_usd, plus http_attempts and the judge id
 
+The work is done by :mod:`sso.judge` (pairs, backends, protocol, metrics); this module validates
+the tables, calls it, and returns plain objects.
+
 Side effects
     Reads and writes the judge cache (``[judge] cache_dir``); for ``backend = 'openai'`` makes
     HTTP requests, after checking the budget guard. Raises on an unreachable endpoint (judgments
@@ -31,151 +34,48 @@ Side effects
 from __future__ import annotations
 
 import logging
-import math
-from typing import Any
 
 import pandas as pd
 
 from sso.config import SSOConfig
+from sso.judge.backends import make_budget_guard, make_judge_backend
 from sso.judge.cache import JudgeCache
-from sso.judge.protocol import (
-    bootstrap_ci,
-    build_requests,
-    compute_pair_outcomes,
-    compute_rate,
-    run_judgments,
+from sso.judge.metrics import compute_judge_metrics, summarize_usage
+from sso.judge.pairs import (
+    ANSWER_COLUMNS,
+    PAIR_COLUMNS,
+    build_eval_pairs,
+    check_columns,
+    sample_train_pairs,
 )
+from sso.judge.protocol import build_requests, compute_pair_outcomes, run_judgments
 
 log = logging.getLogger("sso.judge")
 
-ANSWER_COLUMNS = ("query_id", "prompt", "answer")
-PAIR_COLUMNS = ("query_id", "prompt", "chosen", "rejected")
-
-
-def _check_columns(df: pd.DataFrame, name: str, columns: tuple[str, ...]) -> None:
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"judge: {name} must be a pandas DataFrame, got {type(df).__name__}")
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"judge: {name} lacks column(s) {missing}; expected {list(columns)}, "
-                         f"got {list(df.columns)}")
-
-
-def _text(series: pd.Series) -> list[str]:
-    return ["" if (v is None or (isinstance(v, float) and math.isnan(v))) else str(v) for v in series]
-
-
-def build_eval_pairs(answers: pd.DataFrame, base_answers: pd.DataFrame) -> list[tuple[str, str, str, str]]:
-    """(query_id, prompt, arm answer, base answer) in the order of ``answers``."""
-    ids = [str(q) for q in answers["query_id"]]
-    base_ids = [str(q) for q in base_answers["query_id"]]
-    for name, seq in (("answers", ids), ("base_answers", base_ids)):
-        dup = sorted({q for q in seq if seq.count(q) > 1})
-        if dup:
-            raise ValueError(f"judge: {name} has duplicate query_id(s) {dup[:5]}")
-    if set(ids) != set(base_ids):
-        only_arm = sorted(set(ids) - set(base_ids))[:5]
-        only_base = sorted(set(base_ids) - set(ids))[:5]
-        raise ValueError(f"judge: answers and base_answers cover different queries "
-                         f"(only in answers: {only_arm}; only in base_answers: {only_base})")
-    base = dict(zip(base_ids, zip(_text(base_answers["prompt"]), _text(base_answers["answer"]))))
-    out = []
-    for qid, prompt, answer in zip(ids, _text(answers["prompt"]), _text(answers["answer"])):
-        base_prompt, base_answer = base[qid]
-        if base_prompt != prompt:
-            raise ValueError(f"judge: query_id {qid!r} has a different prompt in answers and base_answers")
-        out.append((qid, prompt, answer, base_answer))
-    return out
-
-
-def sample_train_pairs(train_pairs: pd.DataFrame, n: int, seed: int) -> list[tuple[str, str, str, str]]:
-    """A seeded sample of ``n`` training pairs (all of them if fewer), in their original order."""
-    import numpy as np
-
-    total = len(train_pairs)
-    k = min(n, total)
-    idx = sorted(np.random.default_rng(seed).choice(total, size=k, replace=False).tolist()) if k else []
-    rows = train_pairs.iloc[idx]
-    return list(zip([str(q) for q in rows["query_id"]], _text(rows["prompt"]),
-                    _text(rows["chosen"]), _text(rows["rejected"])))
-
-
-def make_judge_backend(cfg: SSOConfig):
-    """The configured judge: ``LocalJudge`` (default) or ``OpenAIJudge`` (reads the key now)."""
-    j = cfg.judge
-    if j.backend == "local":
-        from sso.judge.local import LocalJudge
-
-        return LocalJudge(j.local_model or cfg.model.name, dtype=cfg.model.dtype,
-                          device=cfg.model.device,
-                          revision="" if j.local_model else cfg.model.revision,
-                          trust_remote_code=cfg.model.trust_remote_code)
-    if j.backend == "openai":
-        from sso.judge.transport import OpenAIJudge
-
-        return OpenAIJudge(j)
-    raise ValueError(f"[judge] backend must be 'local' or 'openai', got {j.backend!r}")
+PAIR_OUTCOME_COLUMNS = ["kind", "pair_index", "query_id", "outcome"]
 
 
 def judge(arm: str, answers: pd.DataFrame, base_answers: pd.DataFrame, train_pairs: pd.DataFrame,
           cfg: SSOConfig, *, progress: bool = True) -> dict:
     """Win rate of ``arm`` vs the base policy and accuracy of its training pairs (see module doc)."""
-    _check_columns(answers, "answers", ANSWER_COLUMNS)
-    _check_columns(base_answers, "base_answers", ANSWER_COLUMNS)
-    _check_columns(train_pairs, "train_pairs", PAIR_COLUMNS)
+    check_columns(answers, "answers", ANSWER_COLUMNS)
+    check_columns(base_answers, "base_answers", ANSWER_COLUMNS)
+    check_columns(train_pairs, "train_pairs", PAIR_COLUMNS)
     eval_pairs = build_eval_pairs(answers, base_answers)
     acc_pairs = sample_train_pairs(train_pairs, cfg.judge.accuracy_pairs, cfg.run.seed)
     requests = build_requests("win_rate", eval_pairs) + build_requests("accuracy", acc_pairs)
 
+    what = f"judge[{arm}]"
     backend = make_judge_backend(cfg)
-    cache = JudgeCache(cfg.judge.cache_dir or None)
-    before_start = None
-    if cfg.judge.backend == "openai":
-        from sso.judge.transport import check_budget, estimate_run
-
-        def before_start(todo):
-            estimate = estimate_run(todo, cfg.judge.model)
-            check_budget(estimate, cfg.judge, what=f"judge[{arm}]")
-            log.info("judge[%s]: %d uncached requests, est. ~$%.2f", arm, estimate["requests"],
-                     estimate["cost_usd"])
-
-    rows, usage = run_judgments(requests, backend, cache, progress=progress,
-                                desc=f"judge[{arm}]", before_start=before_start)
+    rows, usage = run_judgments(requests, backend, JudgeCache(cfg.judge.cache_dir or None),
+                                progress=progress, desc=what,
+                                before_start=make_budget_guard(cfg.judge, what))
     pairs = compute_pair_outcomes(rows)
-    metrics = compute_judge_metrics(pairs, eval_pairs, seed=cfg.run.seed,
-                                    accuracy_n=len(acc_pairs))
-    usage = {"requests": int(usage.get("requests", 0)), "cache_hits": int(usage.get("cache_hits", 0)),
-             "prompt_tokens": int(usage.get("prompt_tokens", 0)),
-             "completion_tokens": int(usage.get("completion_tokens", 0)),
-             "est_cost_usd": float(usage.get("est_cost_usd", 0.0)),
-             "http_attempts": int(usage.get("http_attempts", usage.get("requests", 0))),
-             "judge": backend.judge_id}
-    log.info("judge[%s]: %d judgments (%d cached, %d requested); win rate %.3f, unparsable %d",
-             arm, len(rows), usage["cache_hits"], usage["requests"], metrics["win_rate"],
+    metrics = compute_judge_metrics(pairs, eval_pairs, seed=cfg.run.seed, accuracy_n=len(acc_pairs))
+    usage = summarize_usage(usage, backend.judge_id)
+    log.info("%s: %d judgments (%d cached, %d requested); win rate %.3f, unparsable %d",
+             what, len(rows), usage["cache_hits"], usage["requests"], metrics["win_rate"],
              metrics["unparsable"])
-    judgments = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
-    return {"judgments": judgments,
-            "pairs": pd.DataFrame(pairs, columns=["kind", "pair_index", "query_id", "outcome"]),
+    return {"judgments": pd.DataFrame(rows, columns=list(rows[0]) if rows else None),
+            "pairs": pd.DataFrame(pairs, columns=PAIR_OUTCOME_COLUMNS),
             "metrics": metrics, "usage": usage}
-
-
-def compute_judge_metrics(pairs: list[dict[str, Any]], eval_pairs: list[tuple[str, str, str, str]],
-                          *, seed: int, accuracy_n: int) -> dict[str, Any]:
-    """The metrics dict of :func:`judge` from pair outcomes and the eval answers."""
-    win = [p["outcome"] for p in pairs if p["kind"] == "win_rate"]
-    acc = [p["outcome"] for p in pairs if p["kind"] == "accuracy"]
-    w, a = compute_rate(win), compute_rate(acc)
-    low, high = bootstrap_ci(win, seed=seed)
-
-    def mean_len(texts: list[str]) -> float:
-        return float(sum(len(t) for t in texts) / len(texts)) if texts else math.nan
-
-    return {
-        "win_rate": w["rate"], "win_rate_ci_low": low, "win_rate_ci_high": high,
-        "wins": w["win"], "losses": w["loss"], "ties": w["tie"], "unparsable": w["unparsable"],
-        "n_eval": w["n"],
-        "mean_answer_len": mean_len([p[2] for p in eval_pairs]),
-        "base_mean_answer_len": mean_len([p[3] for p in eval_pairs]),
-        "pref_accuracy": a["rate"], "pref_accuracy_n": accuracy_n, "pref_ties": a["tie"],
-        "pref_unparsable": a["unparsable"],
-    }

@@ -42,6 +42,7 @@ LABELS = ("A", "B")
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256      # the listen backlog: room for a burst of concurrent clients
+    owner: "JudgeServer | None" = None   # the JudgeServer whose state the handler reads and counts
 
 
 def always(label: str) -> Rule:
@@ -68,7 +69,8 @@ class JudgeServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
-        self._httpd = _Server(("127.0.0.1", port), self._handler_class())
+        self._httpd = _Server(("127.0.0.1", port), _Handler)
+        self._httpd.owner = self
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -130,101 +132,103 @@ class JudgeServer:
                                  for t, v in items[:n]]}]}
         return body
 
-    def _handler_class(self):
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True   # headers and body go out in two writes: no 40 ms stalls
+class _Handler(BaseHTTPRequestHandler):
+    """One request to the fake endpoint; ``judge`` is the :class:`JudgeServer` that owns the socket."""
 
-            def log_message(self, *args):  # quiet
-                pass
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True   # headers and body go out in two writes: no 40 ms stalls
 
-            def _send(self, status: int, payload: bytes | dict, headers: dict | None = None) -> None:
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for k, v in (headers or {}).items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+    @property
+    def judge(self) -> "JudgeServer":
+        return self.server.owner
 
-            def do_GET(self):
-                if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
-                else:
-                    self._send(404, {"error": {"message": "not found"}})
+    def log_message(self, *args):  # quiet
+        pass
 
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                if not self.path.rstrip("/").endswith("/chat/completions"):
-                    self._send(404, {"error": {"message": f"no route {self.path}"}})
-                    return
-                with server._lock:
-                    server.requests += 1
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                    fault = server.faults.popleft() if server.faults else None
-                    if fault:
-                        server.faults_served[fault] += 1
-                try:
-                    self._answer(raw, fault)
-                finally:
-                    with server._lock:
-                        server.in_flight -= 1
+    def _send(self, status: int, payload: bytes | dict, headers: dict | None = None) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
-            def _answer(self, raw: bytes, fault: str | None) -> None:
-                if server.latency_s:
-                    time.sleep(server.latency_s)
-                auth = self.headers.get("Authorization", "")
-                retry = {"retry-after-ms": str(server.retry_after_ms)}
-                if fault == "401_echo":
-                    self._send(401, {"error": {"message": f"Incorrect API key provided: {auth}",
-                                               "type": "invalid_request_error"}})
-                    return
-                if server.require_key is not None and auth != f"Bearer {server.require_key}":
-                    self._send(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
-                    return
-                if server.down:
-                    self._send(503, {"error": {"message": "down"}}, retry)
-                    return
-                if fault in ("429", "500", "503"):
-                    self._send(int(fault), {"error": {"message": f"injected {fault}"}}, retry)
-                    return
-                if fault == "slow":
-                    time.sleep(server.slow_s)
-                if fault == "malformed":
-                    self._send(200, b'{"id": "chatcmpl-x", "choices": [{"index": 0, "mess')
-                    return
-                if fault == "no_choices":
-                    self._send(200, {"id": "chatcmpl-x", "object": "chat.completion", "model": "m"})
-                    return
-                try:
-                    request = json.loads(raw)
-                except ValueError:
-                    self._send(400, {"error": {"message": "request body is not JSON"}})
-                    return
-                if request.get("logprobs") and server.reject_logprobs:
-                    self._send(400, {"error": {"message": "logprobs are not supported by this model",
-                                               "type": "invalid_request_error"}})
-                    return
-                user = next((m.get("content", "") for m in request.get("messages", [])
-                             if m.get("role") == "user"), "")
-                with server._lock:
-                    server.user_messages.append(user)
-                if fault == "nonsense":
-                    text, top = "purple monkey dishwasher", None
-                else:
-                    out = server.rule(user, request)
-                    text, top = (out, None) if isinstance(out, str) else (out["text"], out.get("top_logprobs"))
-                self._send(200, server._completion(request, text, top))
+    def do_GET(self):
+        if self.path.rstrip("/").endswith("/models"):
+            self._send(200, {"object": "list", "data": [{"id": self.judge.model, "object": "model"}]})
+        else:
+            self._send(404, {"error": {"message": "not found"}})
 
-        return Handler
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send(404, {"error": {"message": f"no route {self.path}"}})
+            return
+        with self.judge._lock:
+            self.judge.requests += 1
+            self.judge.in_flight += 1
+            self.judge.max_in_flight = max(self.judge.max_in_flight, self.judge.in_flight)
+            fault = self.judge.faults.popleft() if self.judge.faults else None
+            if fault:
+                self.judge.faults_served[fault] += 1
+        try:
+            self._answer(raw, fault)
+        finally:
+            with self.judge._lock:
+                self.judge.in_flight -= 1
+
+    def _answer(self, raw: bytes, fault: str | None) -> None:
+        if self.judge.latency_s:
+            time.sleep(self.judge.latency_s)
+        auth = self.headers.get("Authorization", "")
+        retry = {"retry-after-ms": str(self.judge.retry_after_ms)}
+        if fault == "401_echo":
+            self._send(401, {"error": {"message": f"Incorrect API key provided: {auth}",
+                                       "type": "invalid_request_error"}})
+            return
+        if self.judge.require_key is not None and auth != f"Bearer {self.judge.require_key}":
+            self._send(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
+            return
+        if self.judge.down:
+            self._send(503, {"error": {"message": "down"}}, retry)
+            return
+        if fault in ("429", "500", "503"):
+            self._send(int(fault), {"error": {"message": f"injected {fault}"}}, retry)
+            return
+        if fault == "slow":
+            time.sleep(self.judge.slow_s)
+        if fault == "malformed":
+            self._send(200, b'{"id": "chatcmpl-x", "choices": [{"index": 0, "mess')
+            return
+        if fault == "no_choices":
+            self._send(200, {"id": "chatcmpl-x", "object": "chat.completion", "model": "m"})
+            return
+        try:
+            request = json.loads(raw)
+        except ValueError:
+            self._send(400, {"error": {"message": "request body is not JSON"}})
+            return
+        if request.get("logprobs") and self.judge.reject_logprobs:
+            self._send(400, {"error": {"message": "logprobs are not supported by this model",
+                                       "type": "invalid_request_error"}})
+            return
+        user = next((m.get("content", "") for m in request.get("messages", [])
+                     if m.get("role") == "user"), "")
+        with self.judge._lock:
+            self.judge.user_messages.append(user)
+        if fault == "nonsense":
+            text, top = "purple monkey dishwasher", None
+        else:
+            out = self.judge.rule(user, request)
+            text, top = (out, None) if isinstance(out, str) else (out["text"], out.get("top_logprobs"))
+        self._send(200, self.judge._completion(request, text, top))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,11 +9,11 @@ conversations in, ``params.n`` :class:`~sso.generation.sampling.Completion` per 
   ``max_retries`` times with exponential backoff (honouring ``Retry-After``); a malformed HTTP-200
   body (no choices, not JSON) is retried here the same number of times.
 - A per-request timeout (``timeout_s``).
-- The API key is read from the environment variable whose NAME is configured (``api_key_env``)
-  when the client is built. It is handed to the client only: never stored on this object's
-  attributes, never logged, redacted from every error message this module raises, and the sampler
-  refuses to be pickled (so it cannot end up in a Metaflow artifact). A loopback endpoint (a local
-  vLLM server) works without a key.
+- The API key follows the one policy of :mod:`sso.clients`: read from the environment variable
+  whose NAME is configured (``api_key_env``) when the client is built, held only by the
+  ``openai`` client inside :class:`~sso.clients.EndpointClient`, never logged, redacted from
+  every error message this module raises; the sampler refuses to be pickled (so it cannot end up
+  in a Metaflow artifact). A loopback endpoint (a local vLLM server) works without a key.
 - Usage accounting: requests, failures, prompt and completion tokens (:attr:`usage`).
 
 ``chat(..., return_exceptions=True)`` returns the exception in place of a failed conversation's
@@ -25,15 +25,14 @@ the :class:`~sso.generation.sampling.Sampler` protocol (``tokenizer`` is ``None`
 from __future__ import annotations
 
 import logging
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
+from sso.clients import EndpointClient, UsageCounter, read_token_usage, run_bounded
 from sso.generation.sampling import Completion, GenerationParams
-from sso.clients import DEFAULT_BASE_URL, api_key_from_env, describe_endpoint
 
 log = logging.getLogger(__name__)
+
+USAGE_KEYS = ("requests", "failed", "malformed_retries", "prompt_tokens", "completion_tokens")
 
 
 class EndpointError(RuntimeError):
@@ -57,26 +56,12 @@ class OpenAISampler:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.model = model
-        self.endpoint = describe_endpoint(base_url)
-        self.api_key_env = api_key_env
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
-        self._lock = threading.Lock()
-        self.usage = {"requests": 0, "failed": 0, "malformed_retries": 0,
-                      "prompt_tokens": 0, "completion_tokens": 0}
-        if client is None:
-            import openai
-
-            key = api_key_from_env(api_key_env, base_url)
-            if key is None:
-                raise ValueError(
-                    f"endpoint {self.endpoint} needs an API key in the environment variable "
-                    f"{api_key_env}, which is not set or empty")
-            # an empty base_url means api.openai.com, not whatever OPENAI_BASE_URL says
-            client = openai.OpenAI(api_key=key, base_url=base_url or DEFAULT_BASE_URL,
-                                   timeout=timeout_s, max_retries=max_retries)
-            del key
-        self._client = client
+        self._usage = UsageCounter(*USAGE_KEYS)
+        self.client = EndpointClient(base_url, api_key_env, timeout_s=timeout_s,
+                                     max_retries=max_retries, client=client)
+        self.endpoint = self.client.endpoint
 
     def __repr__(self) -> str:
         return f"OpenAISampler(model={self.model!r}, endpoint={self.endpoint!r})"
@@ -84,16 +69,12 @@ class OpenAISampler:
     def __getstate__(self):
         raise TypeError("OpenAISampler holds an API client and is not picklable; store its outputs")
 
+    @property
+    def usage(self) -> dict[str, int]:
+        """requests, failed, malformed_retries, prompt_tokens, completion_tokens (so far)."""
+        return self._usage.snapshot()
+
     # ------------------------------------------------------------------ helpers
-    def _redact(self, text: str) -> str:
-        secret = os.environ.get(self.api_key_env, "").strip()   # read again, never kept here
-        return text.replace(secret, "[REDACTED]") if secret else text
-
-    def _count(self, **incr: int) -> None:
-        with self._lock:
-            for k, v in incr.items():
-                self.usage[k] += v
-
     def _request_kwargs(self, params: GenerationParams) -> dict[str, Any]:
         kw: dict[str, Any] = {"model": self.model, "n": params.n, "max_tokens": params.max_new_tokens,
                               "seed": params.seed}
@@ -114,53 +95,37 @@ class OpenAISampler:
             except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError,
                     KeyError, IndexError) as exc:
                 if attempt < self.max_retries:
-                    self._count(malformed_retries=1)
+                    self._usage.add(malformed_retries=1)
                     continue
-                self._count(failed=1)
-                raise EndpointError(self._redact(
+                self._usage.add(failed=1)
+                raise EndpointError(self.client.redact(
                     f"{self.endpoint} sent malformed replies ({type(exc).__name__}: {exc})")) from None
             except openai.OpenAIError as exc:
-                self._count(failed=1)
+                self._usage.add(failed=1)
                 status = getattr(exc, "status_code", None)
                 what = f"HTTP {status}" if status else type(exc).__name__
-                raise EndpointError(self._redact(
+                raise EndpointError(self.client.redact(
                     f"request to {self.endpoint} (model {self.model!r}) failed: {what}: {exc}")) from None
-            usage = getattr(resp, "usage", None)
-            self._count(requests=1, prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
+            prompt_tokens, completion_tokens = read_token_usage(resp)
+            self._usage.add(requests=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
             return comps
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _split_tokens(resp, n: int) -> int:
-        usage = getattr(resp, "usage", None)
-        total = int(getattr(usage, "completion_tokens", 0) or 0)
-        return round(total / max(n, 1))
-
     def _run(self, jobs: list, one, return_exceptions: bool) -> list:
-        results: list[Any] = [None] * len(jobs)
-
-        def work(i: int) -> None:
-            try:
-                results[i] = one(jobs[i])
-            except EndpointError as exc:
-                results[i] = exc
-
-        with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(jobs) or 1)),
-                                thread_name_prefix="sso-openai") as pool:
-            list(pool.map(work, range(len(jobs))))
-        if not return_exceptions:
+        results, errors = run_bounded(one, jobs, max_concurrency=self.max_concurrency,
+                                      catch=EndpointError, thread_name_prefix="sso-openai")
+        if errors and not return_exceptions:
             failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:
-                raise EndpointError(f"{len(failed)} of {len(jobs)} requests failed; first: {failed[0]}")
+            raise EndpointError(f"{len(failed)} of {len(jobs)} requests failed; first: {failed[0]}")
         return results
 
-    def _completions(self, resp, text_of) -> list[Completion]:
+    @staticmethod
+    def _completions(resp, text_of) -> list[Completion]:
         """One Completion per choice of a reply, in choice order (``text_of`` reads a choice's text)."""
         choices = sorted(resp.choices, key=lambda c: c.index)
         if not choices:
             raise ValueError("reply has no choices")
-        per = self._split_tokens(resp, len(choices))
+        per = round(read_token_usage(resp)[1] / max(len(choices), 1))
         return [Completion(text=str(text_of(c) or ""), n_tokens=per, finish_reason=_finish(c.finish_reason))
                 for c in choices]
 
@@ -174,7 +139,7 @@ class OpenAISampler:
             return self._completions(resp, lambda c: c.message.content)
 
         def one(messages):
-            return self._call(self._client.chat.completions.create, {**base, "messages": messages},
+            return self._call(self.client.api.chat.completions.create, {**base, "messages": messages},
                               extract)
 
         return self._run(list(conversations), one, return_exceptions)
@@ -187,7 +152,7 @@ class OpenAISampler:
             return self._completions(resp, lambda c: c.text)
 
         def one(prompt):
-            return self._call(self._client.completions.create, {**base, "prompt": prompt}, extract)
+            return self._call(self.client.api.completions.create, {**base, "prompt": prompt}, extract)
 
         out = self._run(list(prompts), one, return_exceptions=False)
         if progress is not None:
@@ -195,6 +160,4 @@ class OpenAISampler:
         return out
 
     def close(self) -> None:
-        close = getattr(self._client, "close", None)
-        if callable(close):
-            close()
+        self.client.close()

@@ -1,14 +1,16 @@
 """The local judge: the same judge prompt, decided by a local transformers model.
 
-The model reads the judge messages rendered with its own chat template (``sso.generation.chat.render_prompt``,
-ending with the assistant header) and the verdict is the label whose token has the larger
+The model reads the judgment's parts (instruction, reply A, reply B) rendered as the judge prompt's
+system and user turns in its own chat template (``sso.generation.chat.render_prompt``, ending with
+the assistant header), and the verdict is the label whose token has the larger
 next-token log-probability: a forced choice between ``A`` and ``B``, so every verdict is parsable
 (for the random ``sso-tiny`` model it is arbitrary, which is all a smoke test needs). The raw output
 kept with each judgment is the chosen label, both label log-probs and their total probability mass
 (``label_mass``: how much the model wanted to answer with a label at all).
 
-Prompts longer than the model's context are shortened by truncating both replies to an equal token
-budget (the instruction and the question are kept whole); such records carry ``truncated: true``.
+Prompts longer than the model's context are shortened by truncating both replies (taken from the
+parts, never parsed back out of a rendered prompt) to an equal token budget (the instruction and the
+question are kept whole); such records carry ``truncated: true``.
 Batches are left-padded with explicit position ids, so a batched score equals the unbatched one.
 """
 
@@ -18,16 +20,18 @@ import logging
 import math
 from typing import Any, Callable
 
-from sso.judge.prompts import LABELS
+from sso.judge.prompts import LABELS, JudgeParts, render_judge_turns
 
 log = logging.getLogger("sso.judge")
 
 
 def local_judge_id(model_name: str, dtype: str, revision: str = "") -> str:
-    """Cache identity of a local judge: model (tiny recipe version for ``sso-tiny``), revision, dtype."""
+    """Cache identity of a local judge: model (recipe version of a built-in model), revision, dtype."""
+    from sso.models.smollm2 import SMOLLM2_NAME, SMOLLM2_VERSION
     from sso.models.tiny import TINY_NAME, TINY_VERSION
 
-    name = f"{TINY_NAME}-v{TINY_VERSION}" if model_name == TINY_NAME else model_name
+    recipes = {TINY_NAME: TINY_VERSION, SMOLLM2_NAME: SMOLLM2_VERSION}
+    name = f"{model_name}-v{recipes[model_name]}" if model_name in recipes else model_name
     rev = f"@{revision}" if revision else ""
     return f"local:{name}{rev}:{dtype}"
 
@@ -83,72 +87,71 @@ class LocalJudge:
         limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**7]
         return min(limits) if limits else 4096
 
-    def render(self, messages: list[dict[str, str]]) -> str:
+    def render(self, parts: JudgeParts) -> str:
+        """The judge prompt for ``parts`` in this model's chat template, ending with the assistant
+        header (a template that refuses a system turn gets the system text folded into the user's)."""
         from sso.generation.chat import render_prompt
 
-        system = next((m["content"] for m in messages if m["role"] == "system"), None)
-        user = next(m["content"] for m in messages if m["role"] == "user")
+        system, user = render_judge_turns(*parts)
         try:
             return render_prompt(self.tokenizer, user, system)
         except Exception:  # some templates refuse a system turn: fold it into the user turn
             return render_prompt(self.tokenizer, f"{system}\n\n{user}" if system else user)
 
-    def encode(self, messages: list[dict[str, str]]) -> tuple[list[int], bool]:
+    def encode(self, parts: JudgeParts) -> tuple[list[int], bool]:
         """Prompt ids (replies truncated to fit the context if needed) and whether we truncated."""
         from sso.generation.chat import encode_prompt
 
-        ids = encode_prompt(self.tokenizer, self.render(messages))
+        ids = encode_prompt(self.tokenizer, self.render(parts))
         limit = self._context_limit()
         if len(ids) <= limit:
             return ids, False
-        return self._encode_truncated(messages, limit), True
+        return self._encode_truncated(JudgeParts(*parts), limit), True
 
-    def _encode_truncated(self, messages: list[dict[str, str]], limit: int) -> list[int]:
+    def _encode_truncated(self, parts: JudgeParts, limit: int) -> list[int]:
+        """Both replies cut to one equal token budget so that the prompt fits ``limit`` tokens."""
         from sso.generation.chat import encode_prompt
-        from sso.judge.prompts import PAIRWISE
 
-        user = next(m["content"] for m in messages if m["role"] == "user")
-        # recover the two replies from the rendered template is fragile; we re-render from parts
-        parts = _split_pairwise_user(user)
-        if parts is None:
-            raise ValueError(f"judge prompt is longer than the local judge's context ({limit} tokens)")
-        instruction, out_a, out_b = parts
-        bare = encode_prompt(self.tokenizer, self.render(
-            PAIRWISE.render(instruction=instruction, output_a="", output_b="")))
+        bare = encode_prompt(self.tokenizer, self.render(parts._replace(output_a="", output_b="")))
         budget = (limit - len(bare) - 8) // 2
         if budget < 1:
             raise ValueError(f"the instruction alone exceeds the local judge's context ({limit} tokens)")
-
-        def cut(text: str) -> str:
-            toks = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            return self.tokenizer.decode(toks[:budget]) if len(toks) > budget else text
-
-        ids = encode_prompt(self.tokenizer, self.render(
-            PAIRWISE.render(instruction=instruction, output_a=cut(out_a), output_b=cut(out_b))))
+        cut = parts._replace(output_a=self._cut(parts.output_a, budget),
+                             output_b=self._cut(parts.output_b, budget))
+        ids = encode_prompt(self.tokenizer, self.render(cut))
         return ids[-limit:] if len(ids) > limit else ids
 
-    def complete_many(self, jobs: list[tuple[str, list[dict[str, str]]]],
-                      on_done: Callable[[str, dict[str, Any]], None]) -> None:
+    def _cut(self, text: str, budget: int) -> str:
+        """``text`` shortened to its first ``budget`` tokens (unchanged if it is not longer)."""
+        toks = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer.decode(toks[:budget]) if len(toks) > budget else text
+
+    def _label_logprobs(self, batch: list[list[int]]):
+        """[len(batch), 2] log-probs of the two label tokens after each prompt (left-padded batch)."""
         import torch
 
-        self.load()
-        encoded = [(key, *self.encode(messages)) for key, messages in jobs]
-        encoded.sort(key=lambda item: len(item[1]))          # less padding per batch
         device = next(self.model.parameters()).device
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):       # left padding
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids):] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = self.model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                position_ids=positions.to(device)).logits[:, -1, :]
+        return torch.log_softmax(logits.float(), dim=-1)[:, self.label_ids].cpu()  # [B, 2]
+
+    def complete_many(self, jobs: list[tuple[str, JudgeParts]],
+                      on_done: Callable[[str, dict[str, Any]], None]) -> None:
+        self.load()
+        encoded = [(key, *self.encode(parts)) for key, parts in jobs]
+        encoded.sort(key=lambda item: len(item[1]))          # less padding per batch
         for start in range(0, len(encoded), self.batch_size):
             batch = encoded[start:start + self.batch_size]
-            width = max(len(ids) for _, ids, _ in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (_, ids, _) in enumerate(batch):       # left padding
-                input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-                attention[row, width - len(ids):] = 1
-            positions = (attention.cumsum(-1) - 1).clamp(min=0)
-            with torch.no_grad():
-                logits = self.model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                    position_ids=positions.to(device)).logits[:, -1, :]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)[:, self.label_ids].cpu()  # [B, 2]
+            logprobs = self._label_logprobs([ids for _, ids, _ in batch])
             for row, (key, ids, truncated) in enumerate(batch):
                 lp = {lab: float(logprobs[row, j]) for j, lab in enumerate(LABELS)}
                 best = max(LABELS, key=lambda lab: lp[lab])
@@ -169,15 +172,3 @@ class LocalJudge:
         return {"requests": self._requests, "prompt_tokens": self._prompt_tokens,
                 "completion_tokens": 0, "est_cost_usd": 0.0}
 
-
-def _split_pairwise_user(user: str) -> tuple[str, str, str] | None:
-    """Inverse of the PAIRWISE user template: (instruction, reply A, reply B), or None."""
-    import re
-
-    from sso.judge.prompts import PAIRWISE
-
-    pattern = re.escape(PAIRWISE.user)
-    for name in ("instruction", "output_a", "output_b"):
-        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>.*)", 1)
-    m = re.fullmatch(pattern, user, re.S)
-    return (m["instruction"], m["output_a"], m["output_b"]) if m else None

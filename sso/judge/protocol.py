@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Protocol as _Protocol
 
 from sso.judge.cache import JudgeCache, compute_cache_key
 from sso.judge.parse import decide_verdict
-from sso.judge.prompts import LABELS, PROMPT_VERSION, render_judge_messages
+from sso.judge.prompts import LABELS, PROMPT_VERSION, JudgeParts
 
 log = logging.getLogger("sso.judge")
 
@@ -60,8 +60,10 @@ class JudgeRequest:
     def output_b(self) -> str:
         return self.other if self.order == 0 else self.candidate
 
-    def messages(self) -> list[dict[str, str]]:
-        return render_judge_messages(self.instruction, self.output_a, self.output_b)
+    @property
+    def parts(self) -> JudgeParts:
+        """What the judge is shown in this order (each backend renders it itself)."""
+        return JudgeParts(self.instruction, self.output_a, self.output_b)
 
     def cache_key(self, judge_id: str) -> str:
         return compute_cache_key(judge_id, PROMPT_VERSION, self.instruction, self.output_a, self.output_b)
@@ -83,20 +85,21 @@ class JudgeBackend(_Protocol):
 
     judge_id: str
 
-    def complete_many(self, jobs: list[tuple[str, list[dict[str, str]]]],
+    def complete_many(self, jobs: list[tuple[str, JudgeParts]],
                       on_done: Callable[[str, dict[str, Any]], None]) -> None:
-        """Judge every ``(key, messages)``; call ``on_done(key, record)`` as each one finishes
-        (from any thread). Raise after the in-flight jobs end if the judge cannot go on."""
+        """Judge every ``(key, parts)`` (rendering the parts in the backend's own way); call
+        ``on_done(key, record)`` as each one finishes (from any thread). Raise after the in-flight
+        jobs end if the judge cannot go on."""
 
     def usage(self) -> dict[str, Any]:
         """requests, prompt_tokens, completion_tokens, est_cost_usd (and backend extras)."""
 
 
 def split_cached(requests: list[JudgeRequest], judge_id: str, cache: JudgeCache
-                 ) -> tuple[dict[str, dict], dict[str, list[dict[str, str]]]]:
-    """(cached records by key, messages of the distinct keys still to ask)."""
+                 ) -> tuple[dict[str, dict], dict[str, JudgeParts]]:
+    """(cached records by key, the parts of the distinct keys still to ask)."""
     cached: dict[str, dict] = {}
-    todo: dict[str, list[dict[str, str]]] = {}
+    todo: dict[str, JudgeParts] = {}
     for req in requests:
         key = req.cache_key(judge_id)
         if key in cached or key in todo:
@@ -105,13 +108,13 @@ def split_cached(requests: list[JudgeRequest], judge_id: str, cache: JudgeCache
         if record is not None:
             cached[key] = record
         else:
-            todo[key] = req.messages()
+            todo[key] = req.parts
     return cached, todo
 
 
 def run_judgments(requests: list[JudgeRequest], backend: JudgeBackend, cache: JudgeCache, *,
                   progress: bool = False, desc: str = "judge",
-                  before_start: Callable[[dict[str, list[dict[str, str]]]], None] | None = None,
+                  before_start: Callable[[dict[str, JudgeParts]], None] | None = None,
                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Judge every request, cached ones from the cache, the rest through ``backend``.
 
@@ -148,6 +151,16 @@ def run_judgments(requests: list[JudgeRequest], backend: JudgeBackend, cache: Ju
     if missing:
         raise RuntimeError(f"judge backend returned without answering {len(missing)} of "
                            f"{len(todo)} requests")
+    rows = build_judgment_rows(requests, judge_id, cached, fresh)
+    usage = dict(backend.usage())
+    usage["cache_hits"] = sum(1 for r in rows if r["cached"])
+    return rows, usage
+
+
+def build_judgment_rows(requests: list[JudgeRequest], judge_id: str, cached: dict[str, dict],
+                        fresh: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per request, in order. A key's first request answered in this run is ``cached:
+    False``; later requests with the same key, and keys found in the cache, are ``cached: True``."""
     rows = []
     seen_fresh: set[str] = set()
     for req in requests:
@@ -158,9 +171,7 @@ def run_judgments(requests: list[JudgeRequest], backend: JudgeBackend, cache: Ju
         else:  # from the cache, or a duplicate of a request answered earlier in this run
             record, was_cached = cached.get(key) or fresh[key], True
         rows.append(judgment_row(req, record, cached=was_cached, key=key, judge_id=judge_id))
-    usage = dict(backend.usage())
-    usage["cache_hits"] = sum(1 for r in rows if r["cached"])
-    return rows, usage
+    return rows
 
 
 def judgment_row(req: JudgeRequest, record: dict[str, Any], *, cached: bool, key: str,

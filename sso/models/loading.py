@@ -16,13 +16,18 @@ from sso.models.tiny import TINY_NAME, ensure_tiny_model
 def resolve_model_path(name: str) -> str:
     """Map a config ``model.name`` to something ``from_pretrained`` accepts.
 
-    ``sso-tiny`` is built (once, cached) offline; an existing directory is used as is; anything
-    else is treated as a Hugging Face Hub id (resolved from the local HF cache when offline).
+    ``sso-tiny`` and ``smollm2-135m-instruct`` are built (once, cached) offline; an existing
+    directory is used as is; anything else is treated as a Hugging Face Hub id (resolved from the
+    local HF cache when offline).
     """
     if not name or not name.strip():
         raise ValueError("model name is empty")
     if name == TINY_NAME:
         return str(ensure_tiny_model())
+    from sso.models.smollm2 import SMOLLM2_NAME, ensure_smollm2_model
+
+    if name == SMOLLM2_NAME:
+        return str(ensure_smollm2_model())
     if os.path.isdir(name):
         return str(Path(name).resolve())
     if name.startswith((".", "/")):

@@ -65,7 +65,7 @@ def test_local_judge_gives_a_parsable_verdict_for_every_pair_and_order(tmp_path)
 
 
 def test_accuracy_sample_is_seeded(tmp_path):
-    from steps.judge import sample_train_pairs
+    from sso.judge.pairs import sample_train_pairs
 
     _, _, train = _frames(n_train=30)
     a = sample_train_pairs(train, 8, seed=3)
@@ -76,9 +76,9 @@ def test_accuracy_sample_is_seeded(tmp_path):
 
 
 def test_batched_scores_equal_unbatched(tiny_judge):
-    from sso.judge.prompts import render_judge_messages
+    from sso.judge.prompts import JudgeParts
 
-    jobs = [(f"k{i}", render_judge_messages("q" * (i + 1), "x " * (3 * i + 1), "y")) for i in range(5)]
+    jobs = [(f"k{i}", JudgeParts("q" * (i + 1), "x " * (3 * i + 1), "y")) for i in range(5)]
     batched, single = {}, {}
     tiny_judge.batch_size = 5
     tiny_judge.complete_many(jobs, lambda k, r: batched.__setitem__(k, r))
@@ -91,13 +91,13 @@ def test_batched_scores_equal_unbatched(tiny_judge):
 
 
 def test_overlong_prompt_is_truncated_to_the_context(tiny_judge):
-    from sso.judge.prompts import render_judge_messages
+    from sso.judge.prompts import JudgeParts
 
     long = "word " * 3000
-    ids, truncated = tiny_judge.encode(render_judge_messages("Question?", long, long))
+    ids, truncated = tiny_judge.encode(JudgeParts("Question?", long, long))
     assert truncated and len(ids) <= tiny_judge._context_limit()
     got = {}
-    tiny_judge.complete_many([("k", render_judge_messages("Question?", long, "short"))],
+    tiny_judge.complete_many([("k", JudgeParts("Question?", long, "short"))],
                              lambda k, r: got.__setitem__(k, r))
     assert got["k"]["truncated"] and got["k"]["text"] in ("A", "B")
 
@@ -119,7 +119,8 @@ def test_import_sso_judge_does_not_import_heavy_packages():
     import subprocess
     import sys
 
-    code = ("import sys, sso.judge.protocol, sso.judge.transport, sso.judge.local, steps.judge;"
+    code = ("import sys, sso.judge.protocol, sso.judge.transport, sso.judge.local, steps.judge,"
+            " sso.judge.backends, sso.judge.pairs, sso.judge.metrics, sso.clients;"
             "bad=[m for m in ('openai','torch','transformers','metaflow') if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -85,9 +85,10 @@ class FakeBackend:
         self.rule, self.judge_id, self.asked = rule, judge_id, []
 
     def complete_many(self, jobs, on_done):
-        for key, messages in jobs:
-            self.asked.append(messages[1]["content"])
-            on_done(key, {"text": self.rule(messages[1]["content"]), "forced": False})
+        for key, parts in jobs:
+            user = render_judge_messages(*parts)[1]["content"]
+            self.asked.append(user)
+            on_done(key, {"text": self.rule(user), "forced": False})
 
     def usage(self):
         return {"requests": len(self.asked), "prompt_tokens": 0, "completion_tokens": 0,

@@ -275,3 +275,19 @@ def test_price_table_and_estimate():
     est = estimate_run([[{"role": "user", "content": "x" * 400}]], "gpt-4-1106-preview")
     assert est["requests"] == 1 and est["prompt_tokens"] >= 100
     assert est["cost_usd"] == pytest.approx((est["prompt_tokens"] * 10 + est["completion_tokens"] * 30) / 1e6)
+
+
+def test_judge_holds_the_key_only_in_its_client(tmp_path, key):
+    from sso.judge.transport import OpenAIJudge
+
+    jcfg = _cfg(tmp_path, "https://judge.example.invalid/v1").judge
+    judge_ = OpenAIJudge(jcfg)
+    assert judge_.client.api.api_key == key                  # the one place the key is held
+    held = {name: value for name, value in vars(judge_).items() if name != "client"}
+    assert key not in str(held) and key not in repr(judge_) and key not in repr(judge_.client)
+    assert key not in str(vars(judge_.client))
+    with pytest.raises(TypeError, match="not picklable"):
+        pickle.dumps(judge_)
+    with pytest.raises(TypeError, match="not picklable"):
+        pickle.dumps(judge_.client)
+    assert judge_.client.redact(f"echo Bearer {key}.") == "echo Bearer [REDACTED]."

@@ -1,0 +1,48 @@
+"""The summary of one judge run: the metrics dict and the usage dict of ``steps.judge.judge``.
+
+Rates count a tie as half a win and leave unparsable pairs out (see :mod:`sso.judge.protocol`);
+lengths are in characters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sso.judge.protocol import bootstrap_ci, compute_rate
+
+
+def compute_judge_metrics(pairs: list[dict[str, Any]], eval_pairs: list[tuple[str, str, str, str]],
+                          *, seed: int, accuracy_n: int) -> dict[str, Any]:
+    """Win rate (with its seeded bootstrap CI), counts and answer lengths over the ``win_rate``
+    pair outcomes, and preference accuracy over the ``accuracy`` ones. ``eval_pairs`` are
+    (query_id, prompt, arm answer, base answer); ``accuracy_n`` is the number of sampled pairs."""
+    win = [p["outcome"] for p in pairs if p["kind"] == "win_rate"]
+    acc = [p["outcome"] for p in pairs if p["kind"] == "accuracy"]
+    w, a = compute_rate(win), compute_rate(acc)
+    low, high = bootstrap_ci(win, seed=seed)
+
+    def mean_len(texts: list[str]) -> float:
+        return float(sum(len(t) for t in texts) / len(texts)) if texts else math.nan
+
+    return {
+        "win_rate": w["rate"], "win_rate_ci_low": low, "win_rate_ci_high": high,
+        "wins": w["win"], "losses": w["loss"], "ties": w["tie"], "unparsable": w["unparsable"],
+        "n_eval": w["n"],
+        "mean_answer_len": mean_len([p[2] for p in eval_pairs]),
+        "base_mean_answer_len": mean_len([p[3] for p in eval_pairs]),
+        "pref_accuracy": a["rate"], "pref_accuracy_n": accuracy_n, "pref_ties": a["tie"],
+        "pref_unparsable": a["unparsable"],
+    }
+
+
+def summarize_usage(usage: dict[str, Any], judge_id: str) -> dict[str, Any]:
+    """A backend's usage as plain numbers: requests (asked this run), cache_hits, prompt and
+    completion tokens, est_cost_usd (USD), http_attempts (requests where the backend counts none)
+    and the judge id."""
+    return {"requests": int(usage.get("requests", 0)), "cache_hits": int(usage.get("cache_hits", 0)),
+            "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+            "completion_tokens": int(usage.get("completion_tokens", 0)),
+            "est_cost_usd": float(usage.get("est_cost_usd", 0.0)),
+            "http_attempts": int(usage.get("http_attempts", usage.get("requests", 0))),
+            "judge": judge_id}

@@ -1,0 +1,73 @@
+"""The pairs one judge run compares, built from the step's tables.
+
+A pair is ``(query_id, instruction, candidate, other)``: the arm's answer vs the base policy's
+answer to one eval query (kind ``win_rate``), or a training pair's chosen vs rejected reply (kind
+``accuracy``). Missing text (None / NaN) becomes the empty string. Errors are ``ValueError`` /
+``TypeError`` naming the table, prefixed ``judge:``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+ANSWER_COLUMNS = ("query_id", "prompt", "answer")
+PAIR_COLUMNS = ("query_id", "prompt", "chosen", "rejected")
+
+Pair = tuple[str, str, str, str]
+
+
+def check_columns(df: pd.DataFrame, name: str, columns: tuple[str, ...]) -> None:
+    """Raise unless ``df`` is a DataFrame holding every one of ``columns``."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"judge: {name} must be a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"judge: {name} lacks column(s) {missing}; expected {list(columns)}, "
+                         f"got {list(df.columns)}")
+
+
+def text_values(series: pd.Series) -> list[str]:
+    """The column as strings, None / NaN as ``""``."""
+    return ["" if (v is None or (isinstance(v, float) and math.isnan(v))) else str(v) for v in series]
+
+
+def build_eval_pairs(answers: pd.DataFrame, base_answers: pd.DataFrame) -> list[Pair]:
+    """(query_id, prompt, arm answer, base answer) in the order of ``answers``.
+
+    Both tables must cover the same queries, once each, with the same prompt per query.
+    """
+    ids = [str(q) for q in answers["query_id"]]
+    base_ids = [str(q) for q in base_answers["query_id"]]
+    for name, seq in (("answers", ids), ("base_answers", base_ids)):
+        dup = sorted({q for q in seq if seq.count(q) > 1})
+        if dup:
+            raise ValueError(f"judge: {name} has duplicate query_id(s) {dup[:5]}")
+    if set(ids) != set(base_ids):
+        only_arm = sorted(set(ids) - set(base_ids))[:5]
+        only_base = sorted(set(base_ids) - set(ids))[:5]
+        raise ValueError(f"judge: answers and base_answers cover different queries "
+                         f"(only in answers: {only_arm}; only in base_answers: {only_base})")
+    base = dict(zip(base_ids, zip(text_values(base_answers["prompt"]),
+                                  text_values(base_answers["answer"]))))
+    out = []
+    for qid, prompt, answer in zip(ids, text_values(answers["prompt"]), text_values(answers["answer"])):
+        base_prompt, base_answer = base[qid]
+        if base_prompt != prompt:
+            raise ValueError(f"judge: query_id {qid!r} has a different prompt in answers and base_answers")
+        out.append((qid, prompt, answer, base_answer))
+    return out
+
+
+def sample_train_pairs(train_pairs: pd.DataFrame, n: int, seed: int) -> list[Pair]:
+    """A seeded sample of ``n`` training pairs (all of them if fewer), in their original order:
+    (query_id, prompt, chosen, rejected)."""
+    import numpy as np
+
+    total = len(train_pairs)
+    k = min(n, total)
+    idx = sorted(np.random.default_rng(seed).choice(total, size=k, replace=False).tolist()) if k else []
+    rows = train_pairs.iloc[idx]
+    return list(zip([str(q) for q in rows["query_id"]], text_values(rows["prompt"]),
+                    text_values(rows["chosen"]), text_values(rows["rejected"])))
