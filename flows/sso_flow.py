@@ -87,6 +87,13 @@ class SSOFlow(FlowSpec):
 
         return resolve_model_path(self.conf.model.name)
 
+    def tokenizer(self):
+        """The base model's tokenizer (prompts are rendered once, with it, in generate_principles)."""
+        from sso.models.loading import load_tokenizer
+
+        m = self.conf.model
+        return load_tokenizer(self.model_path, revision=m.revision, trust_remote_code=m.trust_remote_code)
+
     def arm_pairs(self, arm: str):
         """The preference pairs an arm trains on (and whose accuracy the judge measures)."""
         return {"sso": self.sso_pairs, "pbaa": self.pbaa_pairs}[arm]
@@ -137,7 +144,8 @@ class SSOFlow(FlowSpec):
         print(f"principles: {self.principles_report}")
         s = self.conf.sampling
         self.shards = plan_shards(self.queries, self.eval_queries, s.shards, shard_size=s.shard_size,
-                                  principles=self.principles)
+                                  principles=self.principles, tokenizer=self.tokenizer(),
+                                  placement=self.conf.principles.placement)
         self.next(self.sample_responses, foreach="shards")
 
     @retry(times=1, minutes_between_retries=0)
@@ -159,7 +167,7 @@ class SSOFlow(FlowSpec):
         from steps.join_samples import join_samples
 
         self.merge_artifacts(inputs, exclude=["shard", "shard_samples"])
-        out = join_samples([i.shard_samples for i in inputs], self.queries)
+        out = join_samples([i.shard_samples for i in inputs], self.queries, capped=self.conf.sampling.capped)
         self.sso_triples, self.pbaa_pairs = out["sso_triples"], out["pbaa_pairs"]
         self.base_answers, self.sampling_report = out["base_answers"], out["report"]
         print(f"sampling: {self.sampling_report}")
@@ -201,7 +209,7 @@ class SSOFlow(FlowSpec):
 
         self.merge_artifacts(inputs, exclude=["shard_preferences"])
         self.sso_pairs, self.preference_report = join_preferences(
-            [i.shard_preferences for i in inputs], self.queries)
+            [i.shard_preferences for i in inputs], self.queries, capped=self.conf.sampling.capped)
         print(f"preferences: {self.preference_report}")
         self.next(self.fan_out_arms)
 
@@ -234,7 +242,7 @@ class SSOFlow(FlowSpec):
         """The arm's trained policy answers the eval queries."""
         from steps.generate_answers import generate_answers
 
-        self.answers = generate_answers(self.eval_queries, self.policy_adapter, self.conf, self.model_path)
+        self.answers = generate_answers(self.base_answers, self.policy_adapter, self.conf, self.model_path)
         self.next(self.judge)
 
     @retry(times=2, minutes_between_retries=0)
@@ -254,15 +262,19 @@ class SSOFlow(FlowSpec):
             self.arm, self.judge_metrics, self.judge_usage, self.judgments, self.answers, self.base_answers))
         self.next(self.compare)
 
+    @retry(times=2, minutes_between_retries=0)
+    @secrets_from_config(judge=cfg.judge)
+    @compute(resources=cfg.resources.judge)
     @card(type="blank", id="compare")
     @step
     def compare(self, inputs):
-        """One results row per arm; the per-arm artifacts gathered by arm."""
+        """One results row per arm (with each arm judged head-to-head against sso); the per-arm
+        artifacts gathered by arm."""
         from sso.report.cards import build_compare_card
         from steps.compare import compare
 
         self.merge_artifacts(inputs, exclude=PER_ARM)
-        out = compare([{a: getattr(i, a) for a in PER_ARM} for i in inputs], arm_order=self.arms)
+        out = compare([{a: getattr(i, a) for a in PER_ARM} for i in inputs], self.arms, self.conf)
         for name, value in out.items():
             setattr(self, name, value)
         sso_cards.show(current.card["compare"], build_compare_card(

@@ -59,6 +59,7 @@ class DataConfig:
     n_queries: int = 48                # train (policy-stage) queries
     n_generator_queries: int = 0       # first N train queries train the generator; 0 = all of them
     n_eval: int = 16                   # held-out queries the judge evaluates on
+    eval_seed: int = 0                 # the eval split's own seed: the same eval queries for every run seed
     max_query_chars: int = 4000
     dedupe: bool = True
 
@@ -66,6 +67,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class PrinciplesConfig:
     source: str = "catalogue"          # catalogue | model (a principle model writes each pair)
+    placement: str = "system"          # system (the paper) | user (principle before the query; small models)
     n_features: int = 2                # catalogue (and catalogue fallback): features per query
     concision_prob: float = 0.2
     # source = "model" (the published method; see sso/data/principle_writer.py)
@@ -91,6 +93,8 @@ class SamplingConfig:
     top_p: float = 0.8
     max_new_tokens: int = 48
     plain_greedy: bool = False         # decode y_o (no principle) greedily, as the authors' code does
+    capped: str = "keep"               # responses cut at max_new_tokens: keep (scored without an
+                                       #   end-of-turn token) | drop (the triple or pair); counted either way
     batch_size: int = 16
     shards: int = 2                    # foreach fan-out of sample_responses / generate_preferences
     shard_size: int = 0                # > 0: queries per shard (overrides `shards`); 0 = use `shards`
@@ -216,24 +220,27 @@ class SSOConfig:
     def generation_params(self, stage: str) -> "GenerationParams":
         """Decoding settings of one sampling stage, the only place they are built.
 
-        ``principled``: y+ | x+ and y- | x- (policy and generator); ``plain``: y_o | x (greedy when
+        ``principled``: y+ | x+ and y- | x- from the policy; ``generator``: the same from the trained
+        generator (its own random stream, see :func:`sso.generation.sampling.request_seed`);
+        ``plain``: y_o | x (greedy when
         ``[sampling] plain_greedy``); ``eval``: base and arm answers to the eval queries (``[eval]``,
         seed + 1); ``principles``: the principle writer (``[principles]``).
         """
         from sso.generation.sampling import GenerationParams
 
         s, e, p, seed = self.sampling, self.eval, self.principles, self.run.seed
+        steered = dict(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens)
         table = {
-            "principled": dict(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens),
-            "plain": dict(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                          greedy=s.plain_greedy),
+            "principled": steered,
+            "generator": steered,
+            "plain": {**steered, "greedy": s.plain_greedy},
             "eval": dict(temperature=e.temperature, top_p=e.top_p, max_new_tokens=e.max_new_tokens,
                          greedy=e.greedy, seed=seed + 1),
             "principles": dict(temperature=p.temperature, top_p=p.top_p, max_new_tokens=p.max_new_tokens),
         }
         if stage not in table:
             raise ValueError(f"unknown sampling stage {stage!r}; expected one of {sorted(table)}")
-        return GenerationParams(**{"seed": seed, **table[stage]})
+        return GenerationParams(**{"seed": seed, "stage": stage, **table[stage]})
 
     def replace(self, **changes: Any) -> "SSOConfig":
         """Return a copy with dotted-path overrides applied: ``cfg.replace(**{"run.seed": 3})``."""

@@ -1,8 +1,10 @@
 """Step ``generate_answers``: the trained policy of one arm answers the eval queries.
 
-Inputs: eval_queries (query_id, prompt), the arm's policy adapter (bytes), the config and model
-path, or an injected sampler. Output: DataFrame (query_id, prompt, answer, n_tokens, finish_reason)
-with the same decoding settings as the base answers, so the judge compares like with like.
+Inputs: the eval records (query_id, prompt and, when carried, the rendered ``x_plain``: the base
+answers table carries it, so both answer the very same prompt string), the arm's policy adapter
+(bytes), the config and model path, or an injected sampler. Output: DataFrame (query_id, prompt,
+x_plain, answer, n_tokens, finish_reason) with the same decoding settings as the base answers, so
+the judge compares like with like.
 Side effects: loads base model + adapter into the sampling engine (released before returning).
 """
 

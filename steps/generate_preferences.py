@@ -26,7 +26,7 @@ def generate_preferences(shard: dict, generator_adapter: dict[str, bytes], cfg: 
                                       seed=cfg.run.seed)
     try:
         with progress_bar(2 * len(rows), f"generate shard {shard.get('index', 0)}", unit="prompt") as bar:
-            return sample_principled(sampler, rows, cfg.generation_params("principled"), progress=bar)
+            return sample_principled(sampler, rows, cfg.generation_params("generator"), progress=bar)
     finally:
         if own:
             sampler.close()

@@ -18,7 +18,9 @@ Output (a dict of plain objects: no client, model or key)
                95 % bootstrap), wins, losses, ties, unparsable, n_eval, mean_answer_len and
                base_mean_answer_len (characters), pref_accuracy (same rule: chosen preferred in
                both orders = 1, disagreement = 0.5), pref_accuracy_n (pairs sampled),
-               pref_ties, pref_unparsable; unparsable pairs are excluded from every rate
+               pref_ties, pref_unparsable; lc_win_rate with lc_win_rate_ci_low/high and
+               length_coef (:func:`sso.judge.stats.lc_win_rate`, NaN with lc_reason when no fit);
+               unparsable pairs are excluded from every rate
     usage      requests (asked this run), cache_hits, prompt_tokens, completion_tokens,
                est_cost_usd, plus http_attempts and the judge id
 
@@ -40,7 +42,7 @@ import pandas as pd
 from sso.config import SSOConfig
 from sso.judge.backends import make_budget_guard, make_judge_backend
 from sso.judge.cache import JudgeCache
-from sso.judge.metrics import compute_judge_metrics, summarize_usage
+from sso.judge.metrics import compute_judge_metrics, length_controlled, summarize_usage
 from sso.judge.pairs import (
     ANSWER_COLUMNS,
     PAIR_COLUMNS,
@@ -71,11 +73,13 @@ def judge(arm: str, answers: pd.DataFrame, base_answers: pd.DataFrame, train_pai
                                 progress=progress, desc=what,
                                 before_start=make_budget_guard(cfg.judge, what))
     pairs = compute_pair_outcomes(rows)
-    metrics = compute_judge_metrics(pairs, eval_pairs, seed=cfg.run.seed, accuracy_n=len(acc_pairs))
+    judgments = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
+    metrics = {**compute_judge_metrics(pairs, eval_pairs, seed=cfg.run.seed, accuracy_n=len(acc_pairs)),
+               **length_controlled(judgments, answers, base_answers, seed=cfg.run.seed)}
     usage = summarize_usage(usage, backend.judge_id)
     log.info("%s: %d judgments (%d cached, %d requested); win rate %.3f, unparsable %d",
              what, len(rows), usage["cache_hits"], usage["requests"], metrics["win_rate"],
              metrics["unparsable"])
-    return {"judgments": pd.DataFrame(rows, columns=list(rows[0]) if rows else None),
+    return {"judgments": judgments,
             "pairs": pd.DataFrame(pairs, columns=PAIR_OUTCOME_COLUMNS),
             "metrics": metrics, "usage": usage}

@@ -34,7 +34,7 @@ def load_queries(cfg: DataConfig, *, seed: int) -> tuple[pd.DataFrame, pd.DataFr
     skipped = sum(report[r] for r in SKIP_REASONS)
     (log.warning if skipped else log.info)("%s", report["summary"])
     train, evals = split_queries(cleaned, n_train=cfg.n_queries, n_eval=cfg.n_eval, seed=seed,
-                                 report=report)
+                                 report=report, eval_seed=cfg.eval_seed)
     n_gen = cfg.n_generator_queries or len(train)
     train = train.assign(generator=[i < n_gen for i in range(len(train))])
     report = {**report, "n_train": len(train), "n_generator": int(train["generator"].sum()),

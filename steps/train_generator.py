@@ -1,19 +1,22 @@
 """Step ``train_generator``: train the SSO data generator (LoRA on the initial policy).
 
-Inputs: ``sso_triples`` (query_id, prompt, good_principle, bad_principle, y_plus, y_minus, y_o),
-the config and the resolved model path. Prompts x+ / x- are rendered with the model's own chat
-template (principle as system message), exactly as they were rendered for sampling.
-Outputs: (adapter files as bytes, history DataFrame, summary dict). Side effect: checkpoints in
-``checkpoint_dir`` when given. ``on_log`` gets each logged history row (live cards).
+Inputs: ``sso_triples`` (query_id, prompt, good_principle, bad_principle, y_plus, y_minus, y_o,
+their ``*_finished`` flags and the rendered x_plus / x_minus carried from sampling), the config
+and the resolved model path. The prompts are the very strings the responses were sampled from
+(rendered once, in ``generate_principles``); triples without them are rendered here with the
+configured placement. A capped response (``*_finished`` False) is scored without end-of-turn.
+Outputs: (adapter files as bytes, history DataFrame, summary dict). Side effects: loads the model;
+checkpoints in ``checkpoint_dir`` when given. ``on_log`` gets each logged history row (live cards).
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from sso.generation.chat import render_prompt
 from sso.config import SSOConfig
-from sso.models.loading import load_tokenizer
+from sso.generation.chat import carried_prompts
+
+FINISHED = ["y_plus_finished", "y_minus_finished", "y_o_finished"]
 
 
 def train_generator(sso_triples: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
@@ -23,13 +26,11 @@ def train_generator(sso_triples: pd.DataFrame, cfg: SSOConfig, model_path: str, 
     if sso_triples.empty:
         raise ValueError("no SSO triples to train the generator on (all sampled records were "
                          "degenerate or no generator queries were configured); see sampling_report")
-    tok = load_tokenizer(model_path, revision=cfg.model.revision,
-                         trust_remote_code=cfg.model.trust_remote_code)
+    x_plus, x_minus = carried_prompts(sso_triples, cfg, model_path, ("x_plus", "x_minus"))
     triples = pd.DataFrame({
-        "query_id": sso_triples["query_id"],
-        "x_plus": [render_prompt(tok, r.prompt, r.good_principle) for r in sso_triples.itertuples()],
-        "x_minus": [render_prompt(tok, r.prompt, r.bad_principle) for r in sso_triples.itertuples()],
+        "query_id": sso_triples["query_id"], "x_plus": x_plus, "x_minus": x_minus,
         "y_plus": sso_triples["y_plus"], "y_minus": sso_triples["y_minus"], "y_o": sso_triples["y_o"],
+        **{c: sso_triples[c] for c in FINISHED if c in sso_triples},
     })
     result = train_sso(model_path, triples, cfg.generator, cfg.model, seed=cfg.run.seed,
                        checkpoint_dir=checkpoint_dir, progress=progress, on_log=on_log)

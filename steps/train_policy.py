@@ -1,18 +1,21 @@
 """Step ``train_policy`` (one foreach task per arm): DPO/IPO from the initial policy.
 
-Inputs: the arm name, its preference pairs (query_id, prompt, chosen, rejected), the config and
-the resolved model path. The DPO prompt is the *plain* query rendered with the chat template (no
-principle). Outputs: (adapter files as bytes, history DataFrame, summary dict). Side effect:
-checkpoints in ``checkpoint_dir`` when given. ``on_log`` gets each logged history row (live cards).
+Inputs: the arm name, its preference pairs (query_id, prompt, chosen, rejected, and when carried
+``chosen_finished`` / ``rejected_finished`` and the rendered plain prompt ``x_plain``), the config
+and the resolved model path. The DPO prompt is the *plain* query x (no principle), the string the
+eval answers are sampled from. Outputs: (adapter files as bytes, history DataFrame, summary dict).
+Side effects: loads the model; checkpoints in ``checkpoint_dir`` when given. ``on_log`` gets each
+logged history row (live cards).
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from sso.generation.chat import render_prompt
 from sso.config import SSOConfig
-from sso.models.loading import load_tokenizer
+from sso.generation.chat import carried_prompts
+
+FINISHED = ["chosen_finished", "rejected_finished"]
 
 
 def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
@@ -21,12 +24,11 @@ def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str,
 
     if pairs.empty:
         raise ValueError(f"arm {arm!r} has no preference pairs to train on")
-    tok = load_tokenizer(model_path, revision=cfg.model.revision,
-                         trust_remote_code=cfg.model.trust_remote_code)
+    (x_plain,) = carried_prompts(pairs, cfg, model_path, ("x_plain",))
     table = pd.DataFrame({
-        "query_id": pairs["query_id"],
-        "prompt_text": [render_prompt(tok, p) for p in pairs["prompt"]],
+        "query_id": pairs["query_id"], "prompt_text": x_plain,
         "chosen": pairs["chosen"], "rejected": pairs["rejected"],
+        **{c: pairs[c] for c in FINISHED if c in pairs},
     })
     result = train_dpo(model_path, table, cfg.policy, cfg.model, seed=cfg.run.seed,
                        checkpoint_dir=checkpoint_dir, progress=progress, on_log=on_log)

@@ -316,13 +316,17 @@ def render_query_summary(report: Mapping[str, Any], source: str = "") -> str:
 # --------------------------------------------------------------------------------------------
 
 def split_queries(df: pd.DataFrame, *, n_train: int, n_eval: int, seed: int,
-                  report: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  report: Mapping[str, Any] | None = None,
+                  eval_seed: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Disjoint train and eval sets drawn with a seeded permutation.
 
     The rows are sorted by ``query_id`` and permuted with ``numpy.random.default_rng(seed)``;
     train takes the first ``n_train`` positions of the permutation and eval the next ``n_eval``.
     The result therefore depends only on the set of ids, the sizes and the seed, not on the input
     row order. Both frames keep all columns, in permutation order, with a fresh index.
+    With ``eval_seed`` the eval set is drawn first, by its own permutation, and the train set from
+    the rest with ``seed``: the eval queries then depend only on the ids, ``n_eval`` and
+    ``eval_seed``, so a sweep over run seeds (or train sizes) is judged on the same queries.
     ``report`` (from :func:`clean_queries`) only serves the error for too few rows, which then
     says what was skipped and why.
     """
@@ -353,7 +357,12 @@ def split_queries(df: pd.DataFrame, *, n_train: int, n_eval: int, seed: int,
 
     order = np.argsort(ids.to_numpy(dtype=object), kind="stable")
     ordered = df.iloc[order].reset_index(drop=True)
-    perm = np.random.default_rng(int(seed)).permutation(available)
-    train = ordered.iloc[perm[:n_train]].reset_index(drop=True)
-    evals = ordered.iloc[perm[n_train:asked]].reset_index(drop=True)
-    return train, evals
+    if eval_seed is None:
+        perm = np.random.default_rng(int(seed)).permutation(available)
+        return (ordered.iloc[perm[:n_train]].reset_index(drop=True),
+                ordered.iloc[perm[n_train:asked]].reset_index(drop=True))
+    eval_perm = np.random.default_rng(int(eval_seed)).permutation(available)
+    rest = np.sort(eval_perm[n_eval:])
+    train_pos = rest[np.random.default_rng(int(seed)).permutation(len(rest))[:n_train]]
+    return (ordered.iloc[train_pos].reset_index(drop=True),
+            ordered.iloc[eval_perm[:n_eval]].reset_index(drop=True))

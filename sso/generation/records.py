@@ -17,7 +17,18 @@ import pandas as pd
 from sso.generation.chat import render_prompt
 from sso.generation.sampling import Completion, GenerationParams, Sampler
 
-RECORD_COLUMNS = ["query_id", "prompt", "generator", "good_principle", "bad_principle"]
+RECORD_COLUMNS = ["query_id", "prompt", "generator", "good_principle", "bad_principle",
+                  "x_plus", "x_minus", "x_plain"]
+
+
+def prompts_of(sampler: Sampler, rows: pd.DataFrame, column: str, principle: str | None = None) -> list[str]:
+    """The rendered prompts of ``rows``: the carried ``column`` (x_plus / x_minus / x_plain), or,
+    for rows without it, rendered now from the prompt (and ``principle`` column, system placement)."""
+    if column in rows:
+        return list(rows[column])
+    if principle is None:
+        return [render_prompt(sampler.tokenizer, p) for p in rows["prompt"]]
+    return [render_prompt(sampler.tokenizer, r.prompt, getattr(r, principle)) for r in rows.itertuples()]
 
 
 def generate(sampler: Sampler, prompts: list[str], params: GenerationParams, progress=None):
@@ -30,9 +41,7 @@ def generate(sampler: Sampler, prompts: list[str], params: GenerationParams, pro
 def sample_principled(sampler: Sampler, rows: pd.DataFrame, params: GenerationParams,
                       progress=None) -> pd.DataFrame:
     """``y+ | x+`` and ``y- | x-`` for each row; the row's record columns are kept in front."""
-    tok = sampler.tokenizer
-    prompts = [render_prompt(tok, r.prompt, r.good_principle) for r in rows.itertuples()]
-    prompts += [render_prompt(tok, r.prompt, r.bad_principle) for r in rows.itertuples()]
+    prompts = prompts_of(sampler, rows, "x_plus", "good_principle") + prompts_of(sampler, rows, "x_minus", "bad_principle")
     out = generate(sampler, prompts, params, progress)
     n = len(rows)
     plus, minus = [c[0] for c in out[:n]], [c[0] for c in out[n:]]
@@ -44,10 +53,10 @@ def sample_principled(sampler: Sampler, rows: pd.DataFrame, params: GenerationPa
 def sample_plain(sampler: Sampler, rows: pd.DataFrame, params: GenerationParams,
                  progress=None) -> pd.DataFrame:
     """One answer per row to the plain prompt (no principle): query_id, prompt, answer, ..."""
-    out = generate(sampler, [render_prompt(sampler.tokenizer, p) for p in rows["prompt"]], params, progress)
-    first = [c[0] for c in out]
+    prompts = prompts_of(sampler, rows, "x_plain")
+    first = [c[0] for c in generate(sampler, prompts, params, progress)]
     return typed(pd.DataFrame({
-        "query_id": list(rows["query_id"]), "prompt": list(rows["prompt"]),
+        "query_id": list(rows["query_id"]), "prompt": list(rows["prompt"]), "x_plain": prompts,
         "answer": [c.text for c in first], "n_tokens": [c.n_tokens for c in first],
         "finish_reason": [c.finish_reason for c in first],
     }))
@@ -66,9 +75,18 @@ def typed(df: pd.DataFrame) -> pd.DataFrame:
     return df.astype(kinds)
 
 
-def drop_reasons(y_plus: str, y_minus: str, y_o: str | None) -> list[str]:
-    """Why an SSO triple is degenerate (empty list: keep it)."""
-    reasons = []
+def finished_columns(table: pd.DataFrame, roles: dict[str, str]) -> dict[str, list[bool]]:
+    """``<name>_finished`` flags (the response ended its turn, finish reason "stop") for
+    ``roles``: {output name: sampled column}, e.g. {"chosen": "y_plus"}."""
+    return {f"{name}_finished": list(table[f"{col}_finish"] == "stop") for name, col in roles.items()}
+
+
+def drop_reasons(y_plus: str, y_minus: str, y_o: str | None, *, capped: bool = False) -> list[str]:
+    """Why an SSO triple (or, with ``y_o=None``, a pair) is degenerate (empty list: keep it).
+
+    ``capped``: a response hit ``max_new_tokens`` and ``[sampling] capped = "drop"``.
+    """
+    reasons = ["capped"] if capped else []
     if not y_plus.strip() or not y_minus.strip() or (y_o is not None and not y_o.strip()):
         reasons.append("empty_response")
     if y_plus == y_minus:

@@ -28,9 +28,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GenerationParams(DecodingConfig):
-    """One sampling request's settings (built by :meth:`sso.config.SSOConfig.generation_params`)."""
+    """One sampling request's settings (built by :meth:`sso.config.SSOConfig.generation_params`).
+
+    ``stage`` names the sampling stage (``principled``, ``plain``, ``generator``, ``eval``,
+    ``principles``): sampling seeds are a function of (``seed``, ``stage``, prompt, sample index),
+    so two stages never share a random stream even on the same prompt.
+    """
     n: int = 1
     seed: int = 0
+    stage: str = ""
 
     @property
     def is_greedy(self) -> bool:
@@ -52,8 +58,14 @@ class Sampler(Protocol):
 
 
 def stop_token_ids(tokenizer, model) -> list[int]:
-    """Token ids that end a completion: the tokenizer's EOS plus the model's generation-config EOS."""
-    ids = {int(tokenizer.eos_token_id)}
+    """Token ids that end a completion (sorted): the chat template's end-of-turn token
+    (:func:`sso.generation.chat.end_of_turn_id`, e.g. ``<end_of_turn>`` where it is not EOS), the
+    tokenizer's EOS and the model's generation-config EOS ids (``model`` may be None)."""
+    from sso.generation.chat import end_of_turn_id
+
+    ids = {end_of_turn_id(tokenizer)}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(gen_eos, int):
         ids.add(gen_eos)
@@ -62,11 +74,35 @@ def stop_token_ids(tokenizer, model) -> list[int]:
     return sorted(ids)
 
 
-def _batch_seed(seed: int, prompts: Sequence[str]) -> int:
-    h = hashlib.sha256(str(seed).encode())
+def request_seed(params: GenerationParams, prompt: str) -> int:
+    """The sampling seed of one prompt: a hash of (run seed, stage, prompt), stable across processes.
+
+    A prompt's samples therefore do not depend on which other prompts share the call or the shard;
+    the i-th of ``n`` samples uses ``seed + i`` (vLLM) or the batch's stream (transformers).
+    """
+    digest = hashlib.sha256(f"{params.seed}\0{params.stage}\0{prompt}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "little") & 0x3FFFFFFF   # room for seed + i (n samples)
+
+
+def batch_seed(params: GenerationParams, prompts: Sequence[str]) -> int:
+    """One seed for a transformers batch: a hash of its prompts' :func:`request_seed` values."""
+    h = hashlib.sha256()
     for p in prompts:
-        h.update(b"\0" + p.encode())
+        h.update(request_seed(params, p).to_bytes(4, "little"))
     return int.from_bytes(h.digest()[:4], "little")
+
+
+def neutral_generation_config(saved):
+    """A ``GenerationConfig`` with the saved token ids and nothing else.
+
+    ``generate`` fills every setting a call leaves unset from the model's saved generation config
+    (a repetition penalty, top_k, min_p, ...), which vLLM never reads: with this config both engines
+    sample with exactly the configured parameters.
+    """
+    from transformers import GenerationConfig
+
+    keep = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+    return GenerationConfig(**{k: getattr(saved, k, None) for k in keep if getattr(saved, k, None) is not None})
 
 
 class TransformersSampler:
@@ -88,6 +124,7 @@ class TransformersSampler:
                                 trust_remote_code=trust_remote_code, adapter=adapter_dir)
         self.batch_size = batch_size
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
+        self.model.generation_config = neutral_generation_config(self.model.generation_config)
 
     def _encode(self, prompts: Sequence[str]):
         from sso.generation.chat import encode_prompt
@@ -124,7 +161,7 @@ class TransformersSampler:
             else:
                 kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
                               top_k=0)
-                torch.manual_seed(_batch_seed(params.seed, [prompts[i] for i in idx]))
+                torch.manual_seed(batch_seed(params, [prompts[i] for i in idx]))
             with torch.no_grad():
                 out = self.model.generate(input_ids=input_ids.to(device),
                                           attention_mask=attention.to(device), **kwargs)

@@ -3,7 +3,10 @@
 A shard is a plain dict: ``index``, ``query_ids``, ``eval_ids`` and, when principles are given,
 the records its task samples from: ``rows`` (query_id, prompt, generator, good_principle,
 bad_principle) and ``eval_rows`` (query_id, prompt). This is the one place where principles meet
-their queries; every later record carries them on.
+their queries; every later record carries them on. With a tokenizer the records also carry their
+rendered prompts, ``x_plus``, ``x_minus`` and ``x_plain`` (eval rows: ``x_plain``), rendered once
+here: sampling, scoring and training all use these strings, so a template that inserts the date
+cannot drift between steps.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ PRINCIPLE_COLUMNS = ["good_principle", "bad_principle"]
 
 
 def plan_shards(queries: pd.DataFrame, eval_queries: pd.DataFrame | None, n_shards: int, *,
-                shard_size: int = 0, principles: pd.DataFrame | None = None) -> list[dict]:
+                shard_size: int = 0, principles: pd.DataFrame | None = None, tokenizer=None,
+                placement: str = "system") -> list[dict]:
     """Contiguous shards of query ids (and eval ids); at most ``n_shards``, none empty.
 
     ``shard_size > 0`` overrides ``n_shards``: ``ceil(len(queries) / shard_size)`` shards of
@@ -35,10 +39,13 @@ def plan_shards(queries: pd.DataFrame, eval_queries: pd.DataFrame | None, n_shar
     shards = [s for s in shards if s["query_ids"] or s["eval_ids"]]
     if principles is not None:
         records = principled_records(queries, principles)
+        evals = eval_queries[["query_id", "prompt"]] if eval_queries is not None else pd.DataFrame(
+            {"query_id": [], "prompt": []}, dtype=str)
+        if tokenizer is not None:
+            records, evals = render_records(records, tokenizer, placement), render_records(evals, tokenizer, placement)
         for s in shards:
             s["rows"] = select_rows(records, s["query_ids"])
-            s["eval_rows"] = (select_rows(eval_queries[["query_id", "prompt"]], s["eval_ids"])
-                              if eval_queries is not None else pd.DataFrame(columns=["query_id", "prompt"]))
+            s["eval_rows"] = select_rows(evals, s["eval_ids"])
     return shards
 
 
@@ -66,6 +73,20 @@ def principled_records(queries: pd.DataFrame, principles: pd.DataFrame) -> pd.Da
     if missing:
         raise ValueError(f"no principle for query ids {missing[:5]} (of {len(missing)})")
     return rows
+
+
+def render_records(rows: pd.DataFrame, tokenizer, placement: str) -> pd.DataFrame:
+    """``rows`` with their rendered prompts: ``x_plain`` always, ``x_plus`` / ``x_minus`` when the
+    rows carry a principle pair (:func:`sso.generation.chat.render_prompt`)."""
+    from sso.generation.chat import render_prompt
+
+    out = rows.assign(x_plain=[render_prompt(tokenizer, q) for q in rows["prompt"]])
+    if "good_principle" in rows:
+        out["x_plus"] = [render_prompt(tokenizer, r.prompt, r.good_principle, placement=placement)
+                         for r in rows.itertuples()]
+        out["x_minus"] = [render_prompt(tokenizer, r.prompt, r.bad_principle, placement=placement)
+                          for r in rows.itertuples()]
+    return out
 
 
 def select_rows(df: pd.DataFrame, ids: list) -> pd.DataFrame:

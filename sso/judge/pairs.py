@@ -62,12 +62,15 @@ def build_eval_pairs(answers: pd.DataFrame, base_answers: pd.DataFrame) -> list[
 
 def sample_train_pairs(train_pairs: pd.DataFrame, n: int, seed: int) -> list[Pair]:
     """A seeded sample of ``n`` training pairs (all of them if fewer), in their original order:
-    (query_id, prompt, chosen, rejected)."""
-    import numpy as np
+    (query_id, prompt, chosen, rejected).
 
-    total = len(train_pairs)
-    k = min(n, total)
-    idx = sorted(np.random.default_rng(seed).choice(total, size=k, replace=False).tolist()) if k else []
-    rows = train_pairs.iloc[idx]
+    Pairs are ranked by a hash of (``seed``, query_id), not by position, so arms whose pairs cover
+    the same queries are judged on the same queries (an arm that dropped a query gets the next one).
+    """
+    import hashlib
+
+    rank = {q: hashlib.sha256(f"{seed}\0{q}".encode()).hexdigest() for q in map(str, train_pairs["query_id"])}
+    chosen = set(sorted(rank, key=rank.get)[:max(0, n)])
+    rows = train_pairs[[str(q) in chosen for q in train_pairs["query_id"]]]
     return list(zip([str(q) for q in rows["query_id"]], text_values(rows["prompt"]),
                     text_values(rows["chosen"]), text_values(rows["rejected"])))

@@ -135,7 +135,8 @@ def planned_steps(n_examples: int, train_cfg, seed: int) -> int:
 
 ARM_TABLE_HEADERS = ["arm", "pairs", "pref. accuracy", "on-policyness", "win rate", "95% CI",
                      "wins", "losses", "ties", "unparsable", "mean length", "base length",
-                     "judge requests", "cost (USD)"]
+                     "judge requests", "cost (USD)", "LC win rate", "LC 95% CI", "vs sso (h2h)",
+                     "h2h 95% CI", "win rate - sso's", "diff 95% CI"]
 
 
 def arm_table_row(r: dict) -> list:
@@ -145,7 +146,13 @@ def arm_table_row(r: dict) -> list:
             f"[{fmt(r.get('win_rate_ci_low'))}, {fmt(r.get('win_rate_ci_high'))}]",
             fmt(r.get("wins")), fmt(r.get("losses")), fmt(r.get("ties")), fmt(r.get("unparsable")),
             fmt(r.get("mean_answer_len"), 1), fmt(r.get("base_mean_answer_len"), 1),
-            fmt(r.get("judge_requests")), fmt(r.get("judge_cost_usd"), 4)]
+            fmt(r.get("judge_requests")), fmt(r.get("judge_cost_usd"), 4),
+            *rate_with_ci(r, "lc_win_rate"), *rate_with_ci(r, "h2h_vs_sso"), *rate_with_ci(r, "win_rate_diff_vs_sso")]
+
+
+def rate_with_ci(r: dict, key: str) -> list[str]:
+    """``key`` and its ``[key_ci_low, key_ci_high]`` interval, formatted ("-" when missing)."""
+    return [fmt(r.get(key)), f"[{fmt(r.get(key + '_ci_low'))}, {fmt(r.get(key + '_ci_high'))}]"]
 
 
 def _arm_table(recs: list[dict]) -> dict:

@@ -2,8 +2,11 @@
 
 ``build_results`` columns: arm, n_pairs, final_loss, train_accuracy, on_policyness, win_rate,
 win_rate_ci_low, win_rate_ci_high, wins, losses, ties, unparsable, n_eval, mean_answer_len,
-base_mean_answer_len, pref_accuracy, judge_requests, judge_cache_hits, judge_cost_usd (missing
-values as NaN), in the order of ``RESULT_COLUMNS``.
+base_mean_answer_len, pref_accuracy, judge_requests, judge_cache_hits, judge_cost_usd, the
+length-controlled win rate (lc_win_rate with its CI, length_coef) and, for arms other than ``sso``,
+the head-to-head vs the ``sso`` arm (h2h_vs_sso: preference of this arm over sso's answers, both
+orders; win_rate_diff_vs_sso: this arm's win rate vs base minus sso's, paired CI) (missing values as
+NaN), in the order of ``RESULT_COLUMNS``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,15 @@ import pandas as pd
 RESULT_COLUMNS = ["arm", "n_pairs", "final_loss", "train_accuracy", "on_policyness", "win_rate",
                   "win_rate_ci_low", "win_rate_ci_high", "wins", "losses", "ties", "unparsable",
                   "n_eval", "mean_answer_len", "base_mean_answer_len", "pref_accuracy",
-                  "judge_requests", "judge_cache_hits", "judge_cost_usd"]
+                  "judge_requests", "judge_cache_hits", "judge_cost_usd",
+                  "lc_win_rate", "lc_win_rate_ci_low", "lc_win_rate_ci_high", "length_coef",
+                  "h2h_vs_sso", "h2h_vs_sso_ci_low", "h2h_vs_sso_ci_high",
+                  "win_rate_diff_vs_sso", "win_rate_diff_vs_sso_ci_low", "win_rate_diff_vs_sso_ci_high"]
+METRIC_COLUMNS = ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "wins", "losses", "ties", "unparsable",
+                  "n_eval", "mean_answer_len", "base_mean_answer_len", "pref_accuracy", "lc_win_rate",
+                  "lc_win_rate_ci_low", "lc_win_rate_ci_high", "length_coef", "h2h_vs_sso",
+                  "h2h_vs_sso_ci_low", "h2h_vs_sso_ci_high", "win_rate_diff_vs_sso",
+                  "win_rate_diff_vs_sso_ci_low", "win_rate_diff_vs_sso_ci_high")
 
 
 def build_results(arm_results: list[dict], arm_order: list[str] | None = None) -> pd.DataFrame:
@@ -28,9 +39,7 @@ def build_results(arm_results: list[dict], arm_order: list[str] | None = None) -
             "final_loss": train.get("final_loss", math.nan),
             "train_accuracy": train.get("accuracy", math.nan),
             "on_policyness": on_policyness(train),
-            **{k: metrics.get(k, math.nan) for k in (
-                "win_rate", "win_rate_ci_low", "win_rate_ci_high", "wins", "losses", "ties",
-                "unparsable", "n_eval", "mean_answer_len", "base_mean_answer_len", "pref_accuracy")},
+            **{k: metrics.get(k, math.nan) for k in METRIC_COLUMNS},
             "judge_requests": usage.get("requests", math.nan),
             "judge_cache_hits": usage.get("cache_hits", math.nan),
             "judge_cost_usd": usage.get("est_cost_usd", math.nan),
@@ -50,11 +59,13 @@ def on_policyness(summary: dict) -> float:
 
 
 def format_summary(results: pd.DataFrame) -> str:
-    """A plain-text summary table for the console."""
+    """A plain-text summary table for the console (h2h: preference over the sso arm's answers)."""
     lines = [f"{'arm':<6} {'pairs':>6} {'final_loss':>10} {'win_rate':>9} {'95% CI':>15} "
-             f"{'ties':>5} {'unparsable':>10}"]
+             f"{'LC':>6} {'ties':>5} {'unparsable':>10} {'h2h_vs_sso':>11} {'95% CI':>15}"]
     for r in results.itertuples():
         ci = f"[{r.win_rate_ci_low:.2f}, {r.win_rate_ci_high:.2f}]"
+        h2h = "" if math.isnan(r.h2h_vs_sso) else f"{r.h2h_vs_sso:.3f}"
+        h2h_ci = "" if math.isnan(r.h2h_vs_sso) else f"[{r.h2h_vs_sso_ci_low:.2f}, {r.h2h_vs_sso_ci_high:.2f}]"
         lines.append(f"{r.arm:<6} {r.n_pairs:>6} {r.final_loss:>10.4f} {r.win_rate:>9.3f} {ci:>15} "
-                     f"{r.ties:>5} {r.unparsable:>10}")
+                     f"{r.lc_win_rate:>6.3f} {r.ties:>5} {r.unparsable:>10} {h2h:>11} {h2h_ci:>15}")
     return "\n".join(lines)

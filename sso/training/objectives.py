@@ -7,6 +7,11 @@ Two objectives share the trainer's loop (:mod:`sso.training.trainer`):
   sequences per example (see :func:`sso.training.losses.sso_loss`).
 
 :func:`validate_table` checks that a table can feed an objective before any model is loaded.
+
+A table may carry a boolean ``<response column>_finished`` column per response column
+(:func:`finished_column`: ``y_plus_finished``, ``y_minus_finished``, ``y_o_finished``;
+``chosen_finished``, ``rejected_finished``): False marks a response cut at ``max_new_tokens``,
+which is scored without the end-of-turn token. A missing column means every response finished.
 """
 
 from __future__ import annotations
@@ -77,6 +82,37 @@ SSO_OBJECTIVE = Objective(
 )
 
 
+def finished_column(response_column: str) -> str:
+    """Name of the optional boolean column saying whether ``response_column``'s responses finished."""
+    return f"{response_column}_finished"
+
+
+def response_columns(roles: tuple[Role, ...]) -> tuple[str, ...]:
+    """The distinct response columns of ``roles``, in first-use order."""
+    return tuple(dict.fromkeys(r for _name, _p, r in roles))
+
+
+def finished_flags(table, response_column: str) -> list[bool]:
+    """Per-row finished flags of ``response_column`` (all True when its ``_finished`` column is absent)."""
+    col = finished_column(response_column)
+    return [bool(v) for v in table[col].tolist()] if col in table.columns else [True] * len(table)
+
+
+def _validate_finished(table, objective: Objective, name: str) -> None:
+    """Every present ``<response>_finished`` column holds only booleans."""
+    import numpy as np
+
+    for resp in response_columns(objective.roles):
+        col = finished_column(resp)
+        if col not in table.columns:
+            continue
+        for pos, value in enumerate(table[col].tolist()):
+            if not isinstance(value, (bool, np.bool_)):
+                qid = f" (query_id {table['query_id'].iloc[pos]})" if "query_id" in table.columns else ""
+                raise ValueError(f"{name} column {col!r} row {pos}{qid} must be True or False "
+                                 f"(did the response finish?), got {value!r}")
+
+
 def validate_table(table, objective: Objective, name: str) -> None:
     """Raise ValueError naming the column/row if ``table`` cannot feed ``objective``."""
     import pandas as pd
@@ -94,6 +130,7 @@ def validate_table(table, objective: Objective, name: str) -> None:
             if not isinstance(value, str) or not value.strip():
                 qid = f" (query_id {table['query_id'].iloc[pos]})" if "query_id" in table.columns else ""
                 raise ValueError(f"{name} column {col!r} row {pos}{qid} is empty or not a string: {value!r}")
+    _validate_finished(table, objective, name)
 
 
 def report_roles(objective: Objective, table) -> tuple[Role, ...]:

@@ -15,15 +15,21 @@ from sso.config import ModelConfig, TrainConfig
 from sso.training.adapters import read_adapter, write_adapter
 
 
-def load_policy(model_path: str, cfg: TrainConfig, model_cfg: ModelConfig, seed: int,
-                init_adapter: dict[str, bytes] | None):
-    """Base model + tokenizer, wrapped in a fresh LoRA adapter or the given starting adapter."""
+def load_policy_tokenizer(model_path: str, model_cfg: ModelConfig):
+    """The tokenizer of the model being trained (cheap: load it before the model to check the data)."""
+    from sso.models.loading import load_tokenizer
+
+    return load_tokenizer(model_path, revision=model_cfg.revision,
+                          trust_remote_code=model_cfg.trust_remote_code)
+
+
+def load_policy_model(model_path: str, cfg: TrainConfig, model_cfg: ModelConfig, seed: int,
+                      init_adapter: dict[str, bytes] | None):
+    """Base model wrapped in a fresh LoRA adapter (``cfg.lora``, seeded) or the given starting adapter."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from sso.models.loading import load_model, load_tokenizer
+    from sso.models.loading import load_model
 
-    tokenizer = load_tokenizer(model_path, revision=model_cfg.revision,
-                               trust_remote_code=model_cfg.trust_remote_code)
     base = load_model(model_path, dtype=model_cfg.dtype, device=model_cfg.device,
                       revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
     base.config.use_cache = False
@@ -32,12 +38,17 @@ def load_policy(model_path: str, cfg: TrainConfig, model_cfg: ModelConfig, seed:
     torch.manual_seed(seed)   # LoRA A matrices are drawn from the global generator
     if init_adapter is not None:
         with tempfile.TemporaryDirectory(prefix="sso-init-adapter-") as tmp:
-            model = PeftModel.from_pretrained(base, str(write_adapter(init_adapter, tmp)), is_trainable=True)
-    else:
-        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                          target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
-        model = get_peft_model(base, lora)
-    return model, tokenizer
+            return PeftModel.from_pretrained(base, str(write_adapter(init_adapter, tmp)), is_trainable=True)
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(base, lora)
+
+
+def load_policy(model_path: str, cfg: TrainConfig, model_cfg: ModelConfig, seed: int,
+                init_adapter: dict[str, bytes] | None):
+    """(model, tokenizer): :func:`load_policy_model` and :func:`load_policy_tokenizer`."""
+    tokenizer = load_policy_tokenizer(model_path, model_cfg)
+    return load_policy_model(model_path, cfg, model_cfg, seed, init_adapter), tokenizer
 
 
 def reference_context(model, has_init_adapter: bool):

@@ -1,22 +1,73 @@
 """The no-grad scoring pass: summed log-probs of every sequence of a table, and on-policyness.
 
-The trainer scores every sequence ONCE under the reference before training (so no reference
-forward runs during training) and once more under the trained model for the final accuracies.
+The trainer tokenises every sequence once (:func:`encode_roles`, honouring the table's
+``<response>_finished`` columns), drops the examples whose prompt leaves too little room for the
+response (:func:`fit_examples`; prompts are never cut), scores every remaining sequence ONCE
+under the reference before training (so no reference forward runs during training) and once more
+under the trained model for the final accuracies.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
 
-from sso.training.objectives import Role
+from sso.training.objectives import Role, finished_flags, response_columns
 from sso.training.policy import autocast, model_device
-from sso.training.scoring import Encoded, collate, encode_pairs, sequence_logps
+from sso.training.scoring import Encoded, collate, encode_pairs, min_response_tokens, prompt_fits, sequence_logps
+
+log = logging.getLogger(__name__)
+
+#: how many dropped query ids the summary lists
+LISTED_DROPS = 5
 
 
 def encode_roles(tokenizer, table, roles: tuple[Role, ...]) -> list[list[Encoded]]:
-    """Token ids of every (prompt, response) sequence, one list of ``len(table)`` per role."""
-    return [encode_pairs(tokenizer, table[p].tolist(), table[r].tolist()) for _name, p, r in roles]
+    """Token ids of every (prompt, response) sequence, one list of ``len(table)`` per role; a
+    response whose ``<response>_finished`` flag is False gets no end-of-turn token."""
+    return [encode_pairs(tokenizer, table[p].tolist(), table[r].tolist(), finished_flags(table, r))
+            for _name, p, r in roles]
+
+
+def _row_ids(table, rows: list[int]) -> list[str]:
+    """The query ids of ``rows`` (row positions when the table has no query_id column)."""
+    if "query_id" in table.columns:
+        return [str(table["query_id"].iloc[i]) for i in rows]
+    return [f"row {i}" for i in rows]
+
+
+def fit_examples(encoded: list[list[Encoded]], table, max_length: int) -> tuple[list[int], dict]:
+    """Rows whose every sequence fits ``max_length`` without cutting the prompt, and a report.
+
+    A row is dropped (all its roles) when any of its prompts leaves fewer than
+    ``min(len(response), max(1, max_length // 4))`` tokens for the response. The report holds
+    ``n_dropped_prompt_too_long`` and ``dropped_prompt_too_long_query_ids`` (the first
+    :data:`LISTED_DROPS`). ValueError naming ``[model] max_length`` when every row is dropped.
+    """
+    n = len(encoded[0]) if encoded else 0
+    fits = [all(prompt_fits(len(role[i][0]), len(role[i][1]), max_length) for role in encoded)
+            for i in range(n)]
+    keep = [i for i in range(n) if fits[i]]
+    dropped = [i for i in range(n) if not fits[i]]
+    if n and not keep:
+        longest = max(len(role[i][0]) for role in encoded for i in range(n))
+        need = max(len(p) + min_response_tokens(len(r), max_length) for role in encoded for p, r in role)
+        raise ValueError(f"every one of the {n} examples has a prompt too long for [model] max_length = "
+                         f"{max_length} (the longest prompt has {longest} tokens; prompts are never cut and "
+                         f"each response needs at least min(its length, max_length // 4) tokens): raise "
+                         f"[model] max_length (to at least {need}) or shorten the principles/queries")
+    if dropped:
+        log.warning("dropped %d of %d examples whose prompt leaves too little of max_length %d for the "
+                    "response: %s", len(dropped), n, max_length, ", ".join(_row_ids(table, dropped)))
+    return keep, {"n_dropped_prompt_too_long": len(dropped),
+                  "dropped_prompt_too_long_query_ids": _row_ids(table, dropped[:LISTED_DROPS])}
+
+
+def count_capped(table, roles: tuple[Role, ...], rows: list[int]) -> int:
+    """Responses (cells of the roles' distinct response columns, in ``rows``) marked not finished."""
+    return sum(not finished_flags(table, col)[i] for col in response_columns(roles) for i in rows)
 
 
 @torch.no_grad()

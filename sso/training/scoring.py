@@ -1,11 +1,13 @@
 """Response log-prob scoring: batching (prompt, response) sequences and one forward pass per batch.
 
 The contract (see :mod:`sso.generation.chat`): prompt and response are tokenised separately and their ids
-concatenated; the response ends with the end-of-turn token; only response tokens (end-of-turn
-included) count. Batches are right-padded (training layout). A sequence longer than
-``max_length`` loses response tokens from the right first; the response keeps at least
-``min(len(response), max(1, max_length // 4))`` tokens, and the prompt then loses tokens from the
-LEFT (its end, the assistant header, stays adjacent to the response).
+concatenated; a finished response ends with the end-of-turn token, a response capped at
+``max_new_tokens`` does not; only response tokens (end-of-turn included) count. Batches are
+right-padded (training layout). The prompt is never cut (it holds the principle): a sequence
+longer than ``max_length`` loses response tokens from the right (so a cut response loses its
+end-of-turn token too, it is no longer finished). A prompt that leaves fewer than
+:func:`min_response_tokens` for its response does not fit (:func:`prompt_fits`); the trainer drops
+such examples before training, and :func:`truncate_pair` refuses them.
 
 - :func:`build_batch`   strings -> padded tensors (``input_ids``, ``attention_mask``, ``loss_mask``,
   ``truncated``).
@@ -25,33 +27,58 @@ from torch import Tensor
 from sso.generation.chat import encode_prompt, encode_response
 from sso.training.logprobs import chunked_token_logps, rows_per_chunk
 
-Encoded = tuple[list[int], list[int]]   # (prompt ids, response ids incl. end-of-turn)
+Encoded = tuple[list[int], list[int]]   # (prompt ids, response ids; end-of-turn last when finished)
 
 
-def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str]) -> list[Encoded]:
-    """Tokenise prompts and responses separately (identical prompts are tokenised once)."""
+def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str],
+                 finished: Sequence[bool] | None = None) -> list[Encoded]:
+    """Tokenise prompts and responses separately (identical prompts are tokenised once).
+
+    ``finished[i]`` False: response ``i`` was capped at ``max_new_tokens`` and gets no end-of-turn
+    token. None: every response is finished.
+    """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if finished is None:
+        finished = [True] * len(responses)
+    elif len(finished) != len(responses):
+        raise ValueError(f"{len(finished)} finished flags but {len(responses)} responses")
     cache: dict[str, list[int]] = {}
     out = []
-    for prompt, response in zip(prompts, responses):
+    for prompt, response, done in zip(prompts, responses, finished):
         if prompt not in cache:
             cache[prompt] = encode_prompt(tokenizer, prompt)
-        out.append((cache[prompt], encode_response(tokenizer, response)))
+        out.append((cache[prompt], encode_response(tokenizer, response, finished=bool(done))))
     return out
 
 
+def min_response_tokens(response_len: int, max_length: int) -> int:
+    """Response tokens a sequence must keep: ``min(response_len, max(1, max_length // 4))``."""
+    return min(response_len, max(1, max_length // 4))
+
+
+def prompt_fits(prompt_len: int, response_len: int, max_length: int) -> bool:
+    """True when a prompt of ``prompt_len`` tokens leaves at least :func:`min_response_tokens`
+    of ``max_length`` for its response (the prompt itself is never cut)."""
+    return max_length - prompt_len >= min_response_tokens(response_len, max_length)
+
+
 def truncate_pair(prompt_ids: list[int], response_ids: list[int], max_length: int) -> tuple[list[int], list[int], bool]:
-    """Fit one sequence into ``max_length``: cut the response from the right, then the prompt from the left."""
+    """Fit one sequence into ``max_length`` by cutting the response from the right (never the prompt).
+
+    Returns (prompt ids, kept response ids, truncated). ValueError when the prompt does not fit
+    (:func:`prompt_fits`): such examples must be dropped before scoring.
+    """
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2 (one prompt and one response token), got {max_length}")
     if len(prompt_ids) + len(response_ids) <= max_length:
         return prompt_ids, response_ids, False
-    min_response = min(len(response_ids), max(1, max_length // 4))
-    keep_response = max(min_response, max_length - len(prompt_ids))
-    response_ids = response_ids[:keep_response]
-    keep_prompt = max_length - len(response_ids)
-    return prompt_ids[len(prompt_ids) - keep_prompt:], response_ids, True
+    if not prompt_fits(len(prompt_ids), len(response_ids), max_length):
+        need = min_response_tokens(len(response_ids), max_length)
+        raise ValueError(f"a prompt of {len(prompt_ids)} tokens leaves {max_length - len(prompt_ids)} of "
+                         f"max_length {max_length} for its response, at least {need} needed; the prompt "
+                         f"is never cut: raise [model] max_length or drop the example")
+    return prompt_ids, response_ids[: max_length - len(prompt_ids)], True
 
 
 def collate(encoded: Sequence[Encoded], max_length: int, pad_id: int) -> dict[str, Tensor]:
@@ -76,21 +103,23 @@ def collate(encoded: Sequence[Encoded], max_length: int, pad_id: int) -> dict[st
             "truncated": torch.tensor(truncated, dtype=torch.bool)}
 
 
-def _pad_id(tokenizer) -> int:
+def pad_token_id(tokenizer) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ValueError("tokenizer has neither a pad nor an eos token")
     return int(pad)
 
 
-def build_batch(tokenizer, prompts: list[str], responses: list[str], max_length: int) -> dict[str, Tensor]:
-    """Padded training batch of ``prompt + response`` sequences.
+def build_batch(tokenizer, prompts: list[str], responses: list[str], max_length: int, *,
+                finished: Sequence[bool] | None = None) -> dict[str, Tensor]:
+    """Padded training batch of ``prompt + response`` sequences (``finished``: see :func:`encode_pairs`).
 
     Returns ``input_ids`` [B, T], ``attention_mask`` [B, T], ``loss_mask`` [B, T] (1 exactly on the
-    response tokens incl. end-of-turn) and ``truncated`` [B] (bool; ``int(batch["truncated"].sum())``
+    response tokens, incl. the end-of-turn of finished ones) and ``truncated`` [B] (bool; ``int(batch["truncated"].sum())``
     counts the sequences that were cut to ``max_length``). Right padding.
     """
-    return collate(encode_pairs(tokenizer, prompts, responses), max_length, _pad_id(tokenizer))
+    return collate(encode_pairs(tokenizer, prompts, responses, finished), max_length, pad_token_id(tokenizer))
 
 
 #: config attributes of models whose logits are NOT ``lm_head(last_hidden_state)``
@@ -198,20 +227,20 @@ def sequence_logps(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
 
 
 def score_responses(model, tokenizer, prompts: list[str], responses: list[str], *, max_length: int,
-                    batch_size: int):
+                    batch_size: int, finished: Sequence[bool] | None = None):
     """No-grad log-probs of each response given its prompt, as a DataFrame in input order.
 
-    Columns: ``logp_sum`` (summed response log-prob), ``n_tokens`` (response tokens incl.
-    end-of-turn, after truncation), ``logp_mean`` (``a(y|x)``), ``truncated``. Sequences are
-    length-sorted into batches of ``batch_size``; the model is put in eval mode for the pass and
-    restored afterwards.
+    Columns: ``logp_sum`` (summed response log-prob), ``n_tokens`` (response tokens incl. the
+    end-of-turn of finished responses, after truncation; ``finished``: see :func:`encode_pairs`),
+    ``logp_mean`` (``a(y|x)``), ``truncated``. Sequences are length-sorted into batches of
+    ``batch_size``; the model is put in eval mode for the pass and restored afterwards.
     """
     import pandas as pd
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    encoded = encode_pairs(tokenizer, prompts, responses)
-    pad_id = _pad_id(tokenizer)
+    encoded = encode_pairs(tokenizer, prompts, responses, finished)
+    pad_id = pad_token_id(tokenizer)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
     logp = torch.zeros(len(encoded), dtype=torch.float64)
     ntok = torch.zeros(len(encoded), dtype=torch.long)

@@ -7,10 +7,13 @@ loss (:mod:`sso.training.losses`).
 How a run goes:
 
 1. validate the table (ValueError naming the column and row; :mod:`sso.training.objectives`);
-2. load the base model, wrap it in a fresh LoRA adapter (``cfg.lora``) or in ``init_adapter``
-   (:mod:`sso.training.policy`);
-3. tokenise every sequence once, and score all of them ONCE under the reference (adapter disabled,
-   or the starting ``init_adapter`` as it is before training), no grad: the reference log-probs
+2. tokenise every sequence once: a response whose ``<response>_finished`` column is False (cut at
+   ``max_new_tokens``) gets no end-of-turn token; prompts are never cut, so an example whose
+   prompt leaves too little of ``max_length`` for a response is dropped (all its roles), counted
+   and listed in the summary (:func:`sso.training.reference.fit_examples`);
+3. load the base model, wrap it in a fresh LoRA adapter (``cfg.lora``) or in ``init_adapter``
+   (:mod:`sso.training.policy`), and score every kept sequence ONCE under the reference (adapter
+   disabled, or the starting ``init_adapter`` as it is before training), no grad: the reference log-probs
    and the on-policyness (mean per-token probability ``exp(a(y|x))``) come out of that pass and
    no reference forward runs during training (:mod:`sso.training.reference`);
 4. the optimizer steps: per micro-batch, all sequences of the examples (chosen+rejected, or the
@@ -40,12 +43,14 @@ from torch import Tensor
 from sso.config import ModelConfig, TrainConfig
 from sso.training.checkpoints import (compute_fingerprint, load_matching_checkpoint, restore_checkpoint,
                                       save_training_checkpoint)
-from sso.training.objectives import DPO_OBJECTIVE, SSO_OBJECTIVE, Objective, report_roles, validate_table
-from sso.training.policy import autocast, export_adapter, load_policy, model_device, reference_context
+from sso.training.objectives import (DPO_OBJECTIVE, SSO_OBJECTIVE, Objective, finished_flags, report_roles,
+                                     response_columns, validate_table)
+from sso.training.policy import (autocast, export_adapter, load_policy_model, load_policy_tokenizer, model_device,
+                                 reference_context)
 from sso.training.probe import compute_logits_probe
-from sso.training.reference import compute_onpolicyness, encode_roles, score_all
+from sso.training.reference import compute_onpolicyness, count_capped, encode_roles, fit_examples, score_all
 from sso.training.schedule import build_schedule, lr_factor, steps_per_epoch
-from sso.training.scoring import Encoded, _pad_id, collate, sequence_logps
+from sso.training.scoring import Encoded, collate, pad_token_id, sequence_logps
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,7 +77,8 @@ def train_dpo(model_path: str, pairs, cfg: TrainConfig, model_cfg: ModelConfig, 
               progress: bool = True, on_log: OnLog | None = None) -> TrainResult:
     """DPO (or IPO, ``cfg.loss``) with LoRA on ``pairs`` (columns prompt_text, chosen, rejected).
 
-    ``prompt_text`` is the already-rendered chat prompt. The reference is the base model, or the
+    ``prompt_text`` is the already-rendered chat prompt. Optional boolean columns
+    ``chosen_finished`` / ``rejected_finished``: False for a response cut at ``max_new_tokens``. The reference is the base model, or the
     starting ``init_adapter`` frozen when one is given. ``on_log`` is called with a copy of each
     history row as it is logged (live cards, external loggers).
     """
@@ -86,8 +92,9 @@ def train_sso(model_path: str, triples, cfg: TrainConfig, model_cfg: ModelConfig
               progress: bool = True, on_log: OnLog | None = None) -> TrainResult:
     """SSO generator training (``L+ + lam * L-``) with LoRA on ``triples``.
 
-    Columns: x_plus, x_minus (rendered prompts with the good/bad principle as system message),
-    y_plus, y_minus, y_o. An optional ``prompt_text`` column (the plain rendered prompt) adds the
+    Columns: x_plus, x_minus (rendered prompts with the good/bad principle), y_plus, y_minus, y_o;
+    optional boolean ``y_plus_finished``, ``y_minus_finished``, ``y_o_finished`` (False: the
+    response was cut at ``max_new_tokens``). An optional ``prompt_text`` column (the plain rendered prompt) adds the
     on-policyness of y+ and y- under the plain prompt to the summary. ``on_log``: as in
     :func:`train_dpo`.
     """
@@ -219,29 +226,53 @@ def _run_loop(run: TrainRun, opt, sched, schedule, state: dict, checkpoint_dir: 
 # ----------------------------------------------------------------------------------------------
 
 
-def prepare_run(objective: Objective, model_path, table, cfg, model_cfg, seed, init_adapter,
-             ckpt: dict | None = None, progress: bool = False):
-    """Load the model, tokenise, and precompute reference log-probs (+ on-policyness).
-
-    When resuming, the reference log-probs and the report come from the checkpoint instead.
-    """
-    model, tokenizer = load_policy(model_path, cfg, model_cfg, seed, init_adapter)
-    k, pad_id = len(objective.roles), _pad_id(tokenizer)
-    if ckpt is not None:
-        encoded = encode_roles(tokenizer, table, objective.roles)
-        run = TrainRun(model, objective, cfg, encoded, ckpt["ref_logps"], model_cfg.max_length, pad_id)
-        return run, {**ckpt["info"], "resumed_from_step": ckpt["step"]}
+def encode_table(tokenizer, objective: Objective, table, max_length: int) -> tuple[list[list[Encoded]], dict]:
+    """Token ids of the kept rows, one list per role (training roles first, then report roles), and
+    the data report (drops, capped responses). Prompts are never cut: see :func:`fit_examples`."""
     roles = objective.roles + report_roles(objective, table)
     encoded = encode_roles(tokenizer, table, roles)
+    keep, info = fit_examples(encoded, table, max_length)
+    encoded = [[role[i] for i in keep] for role in encoded]
+    return encoded, {**info, "n_capped_responses": count_capped(table, objective.roles, keep)}
+
+
+def prepare_run(objective: Objective, model_path, table, cfg, model_cfg, seed, init_adapter,
+                ckpt: dict | None = None, progress: bool = False):
+    """Tokenise (dropping examples whose prompt does not fit), load the model, and precompute the
+    reference log-probs (+ on-policyness) of the kept rows.
+
+    The data is checked before the model is loaded. When resuming, the reference log-probs and the
+    report come from the checkpoint instead.
+    """
+    tokenizer = load_policy_tokenizer(model_path, model_cfg)
+    encoded, data_info = encode_table(tokenizer, objective, table, model_cfg.max_length)
+    model = load_policy_model(model_path, cfg, model_cfg, seed, init_adapter)
+    k, pad_id = len(objective.roles), pad_token_id(tokenizer)
+    if ckpt is not None:
+        run = TrainRun(model, objective, cfg, encoded[:k], ckpt["ref_logps"], model_cfg.max_length, pad_id)
+        return run, {**ckpt["info"], "resumed_from_step": ckpt["step"]}
+    names = [r[0] for r in objective.roles + report_roles(objective, table)]
     t0 = time.perf_counter()
     with reference_context(model, init_adapter is not None):
         ref_logps, ntok, n_truncated = score_all(model, encoded, model_cfg.max_length, pad_id,
                                                  2 * cfg.batch_size,
                                                  f"reference {objective.name}" if progress else None)
-    info = {**compute_onpolicyness([r[0] for r in roles], ref_logps, ntok),
+    info = {**data_info, **compute_onpolicyness(names, ref_logps, ntok),
             "reference_seconds": time.perf_counter() - t0, "truncated_sequences": n_truncated}
     run = TrainRun(model, objective, cfg, encoded[:k], ref_logps[:k], model_cfg.max_length, pad_id)
     return run, info
+
+
+def run_fingerprint(objective: Objective, table, cfg: TrainConfig, model_cfg: ModelConfig, seed: int,
+                    init_adapter) -> str:
+    """:func:`compute_fingerprint` extended by what else changes the scored sequences: the
+    finished flags of every response column and ``max_length`` (sha256 hex)."""
+    import hashlib
+    import json
+
+    flags = [finished_flags(table, col) for col in response_columns(objective.roles)]
+    extra = json.dumps([model_cfg.max_length, flags]).encode()
+    return hashlib.sha256(compute_fingerprint(objective, table, cfg, seed, init_adapter).encode() + extra).hexdigest()
 
 
 @torch.no_grad()
@@ -253,7 +284,9 @@ def _final_metrics(run: TrainRun, batch_size: int) -> dict[str, float]:
 
 
 def _summary(run: TrainRun, state: dict, history, n_examples: int, info: dict) -> dict:
-    """The run summary: counts, throughput, reference report, final metrics, logits probe."""
+    """The run summary: counts (``examples`` = rows trained on, after drops), throughput, data and
+    reference report (``n_dropped_prompt_too_long``, ``dropped_prompt_too_long_query_ids``,
+    ``n_capped_responses``, on-policyness, ``truncated_sequences``), final metrics, logits probe."""
     cfg = run.cfg
     return {
         "objective": run.objective.name, "loss_type": cfg.loss,
@@ -274,11 +307,12 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
 
     validate_table(table, objective, "pairs" if objective.name == "dpo" else "triples")
     table = table.reset_index(drop=True)
-    fingerprint = compute_fingerprint(objective, table, cfg, seed, init_adapter)
+    fingerprint = run_fingerprint(objective, table, cfg, model_cfg, seed, init_adapter)
     ckpt = load_matching_checkpoint(checkpoint_dir, fingerprint)
     run, info = prepare_run(objective, model_path, table, cfg, model_cfg, seed, init_adapter, ckpt,
                          progress=progress)
-    schedule = build_schedule(len(table), cfg, seed)
+    n_examples = len(run.encoded[0])   # after dropping prompts that do not fit
+    schedule = build_schedule(n_examples, cfg, seed)
     opt, sched = make_optimizer(run.model, cfg, len(schedule))
     state = {"step": 0, "seconds": 0.0, "tokens": 0, "examples_seen": 0, "history": [],
              "fingerprint": fingerprint, "info": info}
@@ -287,5 +321,5 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
         state = {k: ckpt[k] for k in state if k != "info"} | {"info": info}
     state = _run_loop(run, opt, sched, schedule, state, checkpoint_dir, progress, on_log)
     history = pd.DataFrame(state["history"])
-    summary = _summary(run, state, history, len(table), info)
+    summary = _summary(run, state, history, n_examples, info)
     return TrainResult(adapter=export_adapter(run.model), history=history, summary=summary)

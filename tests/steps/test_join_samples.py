@@ -83,7 +83,24 @@ def test_join_preferences_counts_and_keeps_order():
     assert list(pairs.query_id) == ["q0", "q2"]  # query order, not shard order
     assert list(pairs.columns[:4]) == ["query_id", "prompt", "chosen", "rejected"]
     assert report == {"n_queries": 4, "n_sso_pairs": 2, "n_shards": 2, "truncated_principled": 2,
-                      "pairs_dropped_y_plus_equals_y_minus": 1, "pairs_dropped_empty_response": 1}
+                      "pairs_capped": 2, "pairs_dropped_y_plus_equals_y_minus": 1,
+                      "pairs_dropped_empty_response": 1}
+    assert list(pairs.chosen_finished) == [True, True] and list(pairs.rejected_finished) == [True, True]
+
+
+def test_capped_responses_are_kept_unfinished_or_dropped_and_counted():
+    q = _queries(4)
+    shard = _shard(q, ["q0", "q1", "q2", "q3"], ["a", "b", "c", "d"], ["e", "f", "g", "h"], ["i", "j", "k", "l"])
+    shard["samples"]["y_minus_finish"] = ["stop", "length", "stop", "stop"]
+    shard["samples"]["y_o_finish"] = ["stop", "stop", "length", "stop"]
+    kept = join_samples([shard], q)
+    assert list(kept["pbaa_pairs"]["rejected_finished"]) == [True, False, True, True]
+    assert list(kept["sso_triples"]["y_o_finished"]) == [True, True, False, True]
+    assert kept["report"]["pairs_capped"] == 1 and kept["report"]["triples_capped"] == 2
+    dropped = join_samples([shard], q, capped="drop")
+    assert list(dropped["pbaa_pairs"]["query_id"]) == ["q0", "q2", "q3"]
+    assert list(dropped["sso_triples"]["query_id"]) == ["q0", "q3"]
+    assert dropped["report"]["pairs_dropped_capped"] == 1 and dropped["report"]["triples_dropped_capped"] == 2
 
 
 @pytest.mark.parametrize("n_q, n_e, n_shards, sizes", [

@@ -148,8 +148,12 @@ JUDGMENTS = pd.DataFrame([
 
 def test_arm_table_row_and_ci():
     row = cards.arm_table_row(RESULTS.iloc[0].to_dict())
-    assert row == ["sso", "12", "0.750", "0.0002", "0.625", "[0.400, 0.800]", "9", "5", "2", "1",
-                   "185.4", "188.9", "56", "0.0123"]
+    assert row[:14] == ["sso", "12", "0.750", "0.0002", "0.625", "[0.400, 0.800]", "9", "5", "2", "1",
+                        "185.4", "188.9", "56", "0.0123"]
+    assert row[14:] == ["-", "[-, -]"] * 3                                # no LC / head-to-head given
+    lc = cards.arm_table_row({**RESULTS.iloc[0].to_dict(), "lc_win_rate": 0.55, "lc_win_rate_ci_low": 0.4,
+                              "lc_win_rate_ci_high": 0.7})
+    assert lc[14:16] == ["0.550", "[0.400, 0.700]"]
     assert cards.arm_table_row(RESULTS.iloc[1].to_dict())[2] == "-"       # missing, not "nan"
 
 

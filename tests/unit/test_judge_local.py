@@ -125,3 +125,15 @@ def test_import_sso_judge_does_not_import_heavy_packages():
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_accuracy_sample_picks_the_same_queries_for_every_arm():
+    from sso.judge.pairs import sample_train_pairs
+
+    _, _, train = _frames(n_train=30)
+    other_arm = train.assign(chosen="other", rejected="answers").iloc[::-1]   # same queries, other pairs
+    ids = lambda pairs: sorted(p[0] for p in pairs)  # noqa: E731
+    assert ids(sample_train_pairs(train, 8, seed=3)) == ids(sample_train_pairs(other_arm, 8, seed=3))
+    fewer = train.drop(index=train.index[:5])                                 # an arm that dropped 5 pairs
+    overlap = set(ids(sample_train_pairs(fewer, 8, seed=3))) & set(ids(sample_train_pairs(train, 8, seed=3)))
+    assert len(overlap) >= 8 - 5

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from sso.generation.chat import encode_prompt, encode_response, render_prompt
-from sso.training.scoring import build_batch, score_responses, sequence_logps, truncate_pair
+from sso.generation.chat import encode_prompt, encode_response, end_of_turn_id, render_prompt
+from sso.training.scoring import build_batch, prompt_fits, score_responses, sequence_logps, truncate_pair
 
 
 @pytest.fixture(scope="module")
@@ -61,26 +61,56 @@ def test_changing_the_query_moves_no_response_position(tiny_tokenizer):
     assert resp_a.tolist() == resp_b.tolist() == encode_response(tok, "Lists hold items.")
 
 
-def test_truncation_cuts_response_right_then_prompt_left():
+def test_truncation_cuts_the_response_never_the_prompt():
     p, r = list(range(100, 110)), list(range(200, 220))                       # 10 + 20 tokens
     assert truncate_pair(p, r, 40) == (p, r, False)
-    # response cut from the right down to what fits
+    # response cut from the right down to what fits; the prompt (principle included) stays whole
     assert truncate_pair(p, r, 25) == (p, r[:15], True)
-    # response keeps at least max_length // 4 tokens; the prompt loses its START
-    assert truncate_pair(p, r, 12) == (p[-9:], r[:3], True)
-    assert truncate_pair(p, [7], 4) == (p[-3:], [7], True)
+    assert truncate_pair(p, r, 13) == (p, r[:3], True)                       # 3 = 13 // 4 still fits
+    assert prompt_fits(10, 20, 13) and not prompt_fits(10, 20, 12)
+    assert prompt_fits(10, 1, 11) and not prompt_fits(10, 1, 10)
+    # a prompt that leaves fewer than min(len(response), max_length // 4) tokens: refused, not cut
+    with pytest.raises(ValueError, match=r"prompt of 10 tokens leaves 2 of max_length 12.*at least 3"):
+        truncate_pair(p, r, 12)
+    with pytest.raises(ValueError, match="max_length"):
+        truncate_pair(p, [7], 10)
     with pytest.raises(ValueError, match="max_length"):
         truncate_pair(p, r, 1)
 
 
-def test_build_batch_counts_truncations(tiny_tokenizer, prompts):
-    batch = build_batch(tiny_tokenizer, prompts, ["word " * 200, "short", "also short"], max_length=40)
+def test_build_batch_counts_truncations_and_keeps_whole_prompts(tiny_tokenizer, prompts):
+    tok = tiny_tokenizer
+    batch = build_batch(tok, prompts, ["word " * 200, "short", "also short"], max_length=48)
     assert batch["truncated"].tolist() == [True, False, False]
-    assert batch["input_ids"].shape[1] == 40
-    p_ids = encode_prompt(tiny_tokenizer, prompts[0])          # 32 tokens: the response keeps 40 // 4
-    assert batch["loss_mask"][0].sum() == max(40 // 4, 40 - len(p_ids))
-    kept_prompt = 40 - int(batch["loss_mask"][0].sum())
-    assert batch["input_ids"][0, :kept_prompt].tolist() == p_ids[len(p_ids) - kept_prompt:]
+    assert batch["input_ids"].shape[1] == 48
+    p_ids = encode_prompt(tok, prompts[0])                     # 32 tokens: 16 left for the response
+    assert len(p_ids) == 32 and batch["loss_mask"][0].sum() == 48 - len(p_ids)
+    assert batch["input_ids"][0, : len(p_ids)].tolist() == p_ids           # principle and all
+    # a cut response is not finished: its last scored token is not the end-of-turn token
+    assert batch["input_ids"][0, -1] != end_of_turn_id(tok)
+    assert batch["input_ids"][0, 47].item() == encode_response(tok, "word " * 200)[15]
+    with pytest.raises(ValueError, match=r"prompt of 32 tokens.*max_length 40"):
+        build_batch(tok, prompts, ["word " * 200, "short", "also short"], max_length=40)
+
+
+def test_capped_response_is_scored_without_end_of_turn(tiny_model, tiny_tokenizer, prompts):
+    tok, eot = tiny_tokenizer, end_of_turn_id(tiny_tokenizer)
+    text = RESPONSES[0]
+    assert encode_response(tok, text, finished=False) == encode_response(tok, text)[:-1]
+    batch = build_batch(tok, [prompts[0]] * 2, [text] * 2, max_length=512, finished=[True, False])
+    done, capped = batch["loss_mask"].bool()
+    assert batch["input_ids"][0][done][-1] == eot and eot not in batch["input_ids"][1][capped].tolist()
+    assert done.sum() == capped.sum() + 1
+    with torch.no_grad():
+        logps, ntok = sequence_logps(tiny_model, batch)
+    p_ids, r_ids = encode_prompt(tok, prompts[0]), encode_response(tok, text)
+    assert logps[1].item() == pytest.approx(_manual_logps(tiny_model, p_ids, r_ids[:-1]), abs=1e-4)
+    assert logps[0] < logps[1]                                 # the end-of-turn log-prob is no longer added
+    df = score_responses(tiny_model, tok, [prompts[0]] * 2, [text] * 2, max_length=512, batch_size=2,
+                         finished=[True, False])
+    assert df["n_tokens"].tolist() == [len(r_ids), len(r_ids) - 1]
+    with pytest.raises(ValueError, match="1 finished flags but 2 responses"):
+        build_batch(tok, [prompts[0]] * 2, [text] * 2, max_length=512, finished=[True])
 
 
 def test_sequence_logps_matches_manual_and_ignores_padding(tiny_model, tiny_tokenizer, prompts):

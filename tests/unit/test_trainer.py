@@ -264,3 +264,85 @@ def test_dpo_loss_equals_trl(tiny_model_path, tiny_tokenizer, pairs, tmp_path):
         ours_on_trl = {"input_ids": trl_batch["input_ids"], "attention_mask": trl_batch["attention_mask"],
                        "loss_mask": trl_batch["completion_mask"]}
         assert ours(ours_on_trl).item() == pytest.approx(trl_loss.item(), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Capped responses, over-long prompts
+# ---------------------------------------------------------------------------------------------
+
+
+def test_capped_responses_are_scored_without_end_of_turn(tiny_model_path, tiny_tokenizer, pairs):
+    from sso.generation.chat import end_of_turn_id
+    from sso.training.objectives import DPO_OBJECTIVE
+
+    eot = end_of_turn_id(tiny_tokenizer)
+    sub = pairs.iloc[:4].copy()
+    plain, _ = trainer_mod.prepare_run(DPO_OBJECTIVE, tiny_model_path, sub, cfg(), MODEL_CFG, 0, None)
+    sub["chosen_finished"] = [False, True, False, True]      # rows 0 and 2 hit max_new_tokens
+    run, info = trainer_mod.prepare_run(DPO_OBJECTIVE, tiny_model_path, sub, cfg(), MODEL_CFG, 0, None)
+    assert info["n_capped_responses"] == 2
+    for i in range(4):
+        chosen, rejected = run.encoded[0][i][1], run.encoded[1][i][1]
+        assert rejected[-1] == eot                             # no rejected_finished column: finished
+        assert (chosen[-1] == eot) == (i % 2 == 1)
+        assert chosen == (plain.encoded[0][i][1] if i % 2 else plain.encoded[0][i][1][:-1])
+    # the reference log-probs leave out exactly the end-of-turn term of the capped responses
+    assert torch.allclose(run.ref_logps[1], plain.ref_logps[1])
+    assert (run.ref_logps[0, [0, 2]] > plain.ref_logps[0, [0, 2]]).all()
+    assert torch.allclose(run.ref_logps[0, [1, 3]], plain.ref_logps[0, [1, 3]])
+
+
+def test_sso_summary_counts_capped_responses(tiny_model_path, triples):
+    sub = triples.iloc[:4].assign(y_plus_finished=[True, False, True, True],
+                                  y_minus_finished=[False, False, True, True])
+    res = train_sso(tiny_model_path, sub, cfg(max_steps=1), MODEL_CFG, seed=0, progress=False)
+    assert res.summary["n_capped_responses"] == 3 and res.summary["n_dropped_prompt_too_long"] == 0
+    bad = sub.assign(y_o_finished=[True, None, True, True])
+    with pytest.raises(ValueError, match=r"triples column 'y_o_finished' row 1 \(query_id q1\) must be True or False"):
+        train_sso(tiny_model_path, bad, cfg(), MODEL_CFG, seed=0)
+
+
+def test_finished_flags_change_the_checkpoint_fingerprint(pairs):
+    from sso.training.objectives import DPO_OBJECTIVE
+
+    base = trainer_mod.run_fingerprint(DPO_OBJECTIVE, pairs, cfg(), MODEL_CFG, 0, None)
+    capped = pairs.assign(rejected_finished=[i != 3 for i in range(len(pairs))])
+    assert trainer_mod.run_fingerprint(DPO_OBJECTIVE, capped, cfg(), MODEL_CFG, 0, None) != base
+    assert trainer_mod.run_fingerprint(DPO_OBJECTIVE, pairs.assign(rejected_finished=True), cfg(),
+                                       MODEL_CFG, 0, None) == base
+    longer = ModelConfig(name="sso-tiny", dtype="float32", device="cpu", max_length=256)
+    assert trainer_mod.run_fingerprint(DPO_OBJECTIVE, pairs, cfg(), longer, 0, None) != base
+
+
+def _long_principle_rows(triples, rows: list[int]) -> pd.DataFrame:
+    """Triples whose x_plus in ``rows`` carries a principle of about 150 tokens."""
+    out = triples.iloc[:8].copy()
+    long = "Be thorough: " + " ".join(["consider every single detail of the question"] * 20)
+    for i in rows:
+        query = out["prompt_text"].iloc[i]
+        out.loc[i, "x_plus"] = query.replace("<|im_start|>user", f"<|im_start|>system\n{long}<|im_end|>\n"
+                                             "<|im_start|>user", 1)
+    return out
+
+
+def test_prompts_are_never_cut_too_long_examples_are_dropped(tiny_model_path, tiny_tokenizer, triples):
+    from sso.generation.chat import encode_prompt
+
+    sub = _long_principle_rows(triples, [2, 5])
+    assert len(encode_prompt(tiny_tokenizer, sub["x_plus"].iloc[2])) > MODEL_CFG.max_length
+    res = train_sso(tiny_model_path, sub, cfg(max_steps=1), MODEL_CFG, seed=0, progress=False)
+    s = res.summary
+    assert s["n_dropped_prompt_too_long"] == 2 and s["dropped_prompt_too_long_query_ids"] == ["q2", "q5"]
+    assert s["examples"] == 6 and s["examples_seen"] == 4
+    run, info = trainer_mod.prepare_run(SSO_OBJECTIVE, tiny_model_path, sub, cfg(), MODEL_CFG, 0, None)
+    kept = [i for i in range(8) if i not in (2, 5)]
+    assert len(run.encoded[0]) == 6 and run.ref_logps.shape == (4, 6)
+    for j, i in enumerate(kept):                   # every kept prompt is scored whole
+        assert run.encoded[0][j][0] == encode_prompt(tiny_tokenizer, sub["x_plus"].iloc[i])
+        assert run.encoded[2][j][0] == encode_prompt(tiny_tokenizer, sub["x_minus"].iloc[i])
+
+
+def test_every_prompt_too_long_names_max_length(tiny_model_path, triples):
+    sub = _long_principle_rows(triples, list(range(8)))
+    with pytest.raises(ValueError, match=r"\[model\] max_length = 128 \(the longest prompt has \d+ tokens"):
+        train_sso(tiny_model_path, sub, cfg(), MODEL_CFG, seed=0, progress=False)

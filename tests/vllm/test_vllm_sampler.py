@@ -267,11 +267,13 @@ def test_lora_rank_rounds_up_to_a_vllm_rank():
 
 def test_sampling_params_per_prompt():
     pytest.importorskip("vllm")
-    from sso.generation.vllm_sampler import build_sampling_params, prompt_seed
+    from sso.generation.sampling import request_seed
+    from sso.generation.vllm_sampler import build_sampling_params
 
     sp = build_sampling_params(GenerationParams(temperature=0.7, top_p=0.8, n=2, seed=3,
                                                 max_new_tokens=9), ["a", "b"], [5, 7])
-    assert [p.seed for p in sp] == [prompt_seed(3, "a"), prompt_seed(3, "b")]
+    params = GenerationParams(temperature=0.7, top_p=0.8, n=2, seed=3)
+    assert [p.seed for p in sp] == [request_seed(params, "a"), request_seed(params, "b")]
     assert sp[0].n == 2 and sp[0].max_tokens == 9 and sp[0].top_p == 0.8
     assert sp[0].temperature == 0.7 and sp[0].stop_token_ids == [5, 7] and not sp[0].detokenize
     greedy = build_sampling_params(GREEDY, ["a"], [5])[0]
