@@ -66,7 +66,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PrinciplesConfig:
-    source: str = "catalogue"          # catalogue | model (a principle model writes each pair)
+    source: str = "catalogue"          # catalogue | model (a principle model writes each pair) |
+                                       #   verifiable (rule-checkable pairs, see sso/data/verifiable.py)
+    rules: tuple[str, ...] = ()        # verifiable: the rule pool; empty = the rules measured to steer
     placement: str = "system"          # system (the paper) | user (principle before the query; small models)
     n_features: int = 2                # catalogue (and catalogue fallback): features per query
     concision_prob: float = 0.2

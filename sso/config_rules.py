@@ -72,7 +72,10 @@ RULES: dict[str, dict[str, tuple]] = {
         "max_query_chars": _POSITIVE,
     },
     "principles": {
-        "source": (lambda v: v in ("catalogue", "model"), "must be one of: catalogue, model"),
+        "source": (lambda v: v in ("catalogue", "model", "verifiable"),
+                   "must be one of: catalogue, model, verifiable"),
+        "rules": (lambda v: set(v) <= set(verifiable_rule_ids()), "must name rules from sso.data.verifiable"
+                  " (see RULE_IDS there)"),
         "n_features": (lambda v: 1 <= v <= 7, "must be between 1 and 7"),
         "placement": (lambda v: v in ("system", "user"), "must be one of: system, user"),
         "concision_prob": _PROB,
@@ -168,6 +171,13 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is tuple:
         return f"a list of {_type_name(typing.get_args(tp)[0])[2:]}s"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def verifiable_rule_ids() -> tuple[str, ...]:
+    """The rule ids of the verifiable principle catalogue (imported only when a config names rules)."""
+    from sso.data.verifiable import RULE_IDS
+
+    return RULE_IDS
 
 
 def build_table(cls: type, data: Mapping[str, Any], path: str) -> Any:

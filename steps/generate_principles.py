@@ -5,7 +5,7 @@ model-written principles ``[model]``/``[sampling]`` and the policy model path: t
 model defaults to the policy itself), or an injected principle model.
 Output: ``principles`` DataFrame, one row per query in query order, with at least query_id,
 features, good_principle, bad_principle (complete system messages) and source (``catalogue``,
-``model`` or ``fallback``); model-written rows add the parsed guidelines, the fallback reason and
+``model``, ``fallback`` or ``verifiable``; verifiable rows add the ``rule_id`` a rule judge checks); model-written rows add the parsed guidelines, the fallback reason and
 the raw replies (see :mod:`sso.data.principle_writer`). Side effects: a model-written source loads
 the principle model or sends requests to the configured endpoint.
 """
@@ -17,6 +17,7 @@ import pandas as pd
 from sso.config import SSOConfig
 from sso.data.principle_writer import PrincipleModel, build_principle_model, generic_fallback, write_principles
 from sso.data.principles import build_catalogue_principles
+from sso.data.verifiable import build_verifiable_principles
 
 
 def generate_principles(queries: pd.DataFrame, cfg: SSOConfig, *, model_path: str | None = None,
@@ -26,6 +27,8 @@ def generate_principles(queries: pd.DataFrame, cfg: SSOConfig, *, model_path: st
                                            concision_prob=p.concision_prob)
     if p.source == "catalogue":
         return catalogue
+    if p.source == "verifiable":
+        return build_verifiable_principles(queries, seed=cfg.run.seed, rule_ids=p.rules or None)
     fallback = catalogue if p.fallback == "catalogue" else generic_fallback(list(queries["query_id"]))
     own = principle_model is None
     principle_model = principle_model or build_principle_model(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from sso.generation.records import count_drops, drop_reasons, finished_columns, join_in_order, truncated_count
-from sso.generation.shards import PRINCIPLE_COLUMNS
+from sso.generation.shards import principle_columns
 
 
 def join_preferences(shard_frames: list[pd.DataFrame], queries: pd.DataFrame, *,
@@ -24,7 +24,7 @@ def join_preferences(shard_frames: list[pd.DataFrame], queries: pd.DataFrame, *,
     table = table.assign(**finished_columns(table, {"chosen": "y_plus", "rejected": "y_minus"}))
     extra = ["chosen_finished", "rejected_finished", *[c for c in ("x_plain",) if c in table]]
     pairs = table[[not rs for rs in reasons]].rename(columns={"y_plus": "chosen", "y_minus": "rejected"})[
-        ["query_id", "prompt", "chosen", "rejected", *PRINCIPLE_COLUMNS, *extra]]
+        ["query_id", "prompt", "chosen", "rejected", *principle_columns(table), *extra]]
     report = {"n_queries": len(table), "n_sso_pairs": len(pairs), "n_shards": len(shard_frames),
               "truncated_principled": truncated_count(table), "pairs_capped": int(is_capped.sum()),
               **count_drops("pairs", reasons)}

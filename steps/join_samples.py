@@ -16,7 +16,7 @@ from __future__ import annotations
 import pandas as pd
 
 from sso.generation.records import count_drops, drop_reasons, finished_columns, join_in_order, truncated_count
-from sso.generation.shards import PRINCIPLE_COLUMNS
+from sso.generation.shards import principle_columns
 
 
 def join_samples(shard_results: list[dict], queries: pd.DataFrame, *, capped: str = "keep") -> dict:
@@ -35,10 +35,10 @@ def join_samples(shard_results: list[dict], queries: pd.DataFrame, *, capped: st
     table = table.assign(**finished_columns(table, {"y_plus": "y_plus", "y_minus": "y_minus", "y_o": "y_o",
                                                     "chosen": "y_plus", "rejected": "y_minus"}))
     triples = table[[rs == [] for rs in triple_reasons]][
-        ["query_id", "prompt", *PRINCIPLE_COLUMNS, "y_plus", "y_minus", "y_o",
+        ["query_id", "prompt", *principle_columns(table), "y_plus", "y_minus", "y_o",
          "y_plus_finished", "y_minus_finished", "y_o_finished", *prompts]]
     pairs = table[[not rs for rs in pair_reasons]][
-        ["query_id", "prompt", "y_plus", "y_minus", *PRINCIPLE_COLUMNS, "chosen_finished", "rejected_finished",
+        ["query_id", "prompt", "y_plus", "y_minus", *principle_columns(table), "chosen_finished", "rejected_finished",
          *[c for c in prompts if c == "x_plain"]]].rename(columns={"y_plus": "chosen", "y_minus": "rejected"})
     report = {
         "n_train_queries": len(table), "n_generator_queries": int(table["generator"].sum()),

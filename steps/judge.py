@@ -20,7 +20,9 @@ Output (a dict of plain objects: no client, model or key)
                both orders = 1, disagreement = 0.5), pref_accuracy_n (pairs sampled),
                pref_ties, pref_unparsable; lc_win_rate with lc_win_rate_ci_low/high and
                length_coef (:func:`sso.judge.stats.lc_win_rate`, NaN with lc_reason when no fit);
-               unparsable pairs are excluded from every rate
+               with ``[principles] source = "verifiable"`` also the rule judge's
+               rule_pref_accuracy (+ CI), rule_compliance (+ CI) and base_rule_compliance
+               (:func:`sso.judge.metrics.rule_metrics`); unparsable pairs are excluded from every rate
     usage      requests (asked this run), cache_hits, prompt_tokens, completion_tokens,
                est_cost_usd, plus http_attempts and the judge id
 
@@ -42,7 +44,7 @@ import pandas as pd
 from sso.config import SSOConfig
 from sso.judge.backends import make_budget_guard, make_judge_backend
 from sso.judge.cache import JudgeCache
-from sso.judge.metrics import compute_judge_metrics, length_controlled, summarize_usage
+from sso.judge.metrics import compute_judge_metrics, length_controlled, rule_metrics, summarize_usage
 from sso.judge.pairs import (
     ANSWER_COLUMNS,
     PAIR_COLUMNS,
@@ -55,6 +57,13 @@ from sso.judge.protocol import build_requests, compute_pair_outcomes, run_judgme
 log = logging.getLogger("sso.judge")
 
 PAIR_OUTCOME_COLUMNS = ["kind", "pair_index", "query_id", "outcome"]
+
+
+def rule_pool(pcfg) -> tuple[str, ...]:
+    """The verifiable rules the run's principles were drawn from."""
+    from sso.data.verifiable import DEFAULT_RULE_IDS
+
+    return tuple(pcfg.rules) or DEFAULT_RULE_IDS
 
 
 def judge(arm: str, answers: pd.DataFrame, base_answers: pd.DataFrame, train_pairs: pd.DataFrame,
@@ -76,6 +85,8 @@ def judge(arm: str, answers: pd.DataFrame, base_answers: pd.DataFrame, train_pai
     judgments = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
     metrics = {**compute_judge_metrics(pairs, eval_pairs, seed=cfg.run.seed, accuracy_n=len(acc_pairs)),
                **length_controlled(judgments, answers, base_answers, seed=cfg.run.seed)}
+    if cfg.principles.source == "verifiable":
+        metrics.update(rule_metrics(train_pairs, answers, base_answers, rule_pool(cfg.principles)))
     usage = summarize_usage(usage, backend.judge_id)
     log.info("%s: %d judgments (%d cached, %d requested); win rate %.3f, unparsable %d",
              what, len(rows), usage["cache_hits"], usage["requests"], metrics["win_rate"],

@@ -14,7 +14,8 @@ The three prompts of SSO, all ending with the template's assistant header:
 - ``x+`` / ``x-``: the same query steered by the good / bad principle. ``placement="system"``
   (as in the paper) makes the principle the system message; ``placement="user"`` keeps the
   template's own system handling and puts the principle at the top of the user turn
-  (principle, blank line, query), which small models follow much better.
+  (query, blank line, principle: the order measured to steer SmolLM2-135M), which small models
+  follow much better.
 
 Templates that insert a default system prompt when the conversation has none (SmolLM2, Qwen):
 with placement "system" the principle *replaces* that default in x+ / x-, while x keeps the
@@ -44,8 +45,8 @@ def build_messages(query: str, principle: str | None = None, *,
                    placement: str = "system") -> list[dict[str, str]]:
     """Chat messages for one query, the principle (if any) placed as ``placement`` says.
 
-    ``"system"``: ``[system: principle, user: query]``; ``"user"``: ``[user: principle + "\\n\\n" +
-    query]``; no principle: ``[user: query]`` for both.
+    ``"system"``: ``[system: principle, user: query]``; ``"user"``: ``[user: query + "\\n\\n" +
+    principle]``; no principle: ``[user: query]`` for both.
     """
     if not isinstance(query, str) or not query.strip():
         raise ValueError("query must be a non-empty string")
@@ -56,7 +57,7 @@ def build_messages(query: str, principle: str | None = None, *,
     if not isinstance(principle, str) or not principle.strip():
         raise ValueError("principle (system message) must be a non-blank string when given")
     if placement == "user":
-        return [{"role": "user", "content": f"{principle}\n\n{query}"}]
+        return [{"role": "user", "content": f"{query}\n\n{principle}"}]
     return [{"role": "system", "content": principle}, {"role": "user", "content": query}]
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from sso.generation.chat import render_prompt
 from sso.generation.sampling import Completion, GenerationParams, Sampler
 
-RECORD_COLUMNS = ["query_id", "prompt", "generator", "good_principle", "bad_principle",
+RECORD_COLUMNS = ["query_id", "prompt", "generator", "good_principle", "bad_principle", "rule_id",
                   "x_plus", "x_minus", "x_plain"]
 
 

@@ -17,6 +17,11 @@ import pandas as pd
 PRINCIPLE_COLUMNS = ["good_principle", "bad_principle"]
 
 
+def principle_columns(table: pd.DataFrame) -> list[str]:
+    """The principle columns a table carries: the pair, and ``rule_id`` for verifiable principles."""
+    return PRINCIPLE_COLUMNS + [c for c in ("rule_id",) if c in table]
+
+
 def plan_shards(queries: pd.DataFrame, eval_queries: pd.DataFrame | None, n_shards: int, *,
                 shard_size: int = 0, principles: pd.DataFrame | None = None, tokenizer=None,
                 placement: str = "system") -> list[dict]:
@@ -65,7 +70,8 @@ def chunk(items: list, i: int, n: int) -> list:
 def principled_records(queries: pd.DataFrame, principles: pd.DataFrame) -> pd.DataFrame:
     """query_id, prompt, generator and the principle pair of every train query, in query order."""
     cols = ["query_id", "prompt"] + (["generator"] if "generator" in queries else [])
-    rows = queries[cols].merge(principles[["query_id", *PRINCIPLE_COLUMNS]], on="query_id",
+    extra = [c for c in ("rule_id",) if c in principles]
+    rows = queries[cols].merge(principles[["query_id", *PRINCIPLE_COLUMNS, *extra]], on="query_id",
                                how="left", validate="one_to_one")
     if "generator" not in rows:
         rows["generator"] = True

@@ -22,6 +22,11 @@ def make_judge_backend(cfg: SSOConfig):
     if j.backend == "local":
         from sso.judge.local import LocalJudge
 
+        if (j.local_model or cfg.model.name) == cfg.model.name:
+            log.warning("the local judge is the policy's own base model (%s): a small model judging "
+                        "itself is near chance and position-biased; set [judge] local_model to a "
+                        "stronger model, use an endpoint ([judge] backend = 'openai'), or read the "
+                        "rule judge's numbers ([principles] source = 'verifiable')", cfg.model.name)
         return LocalJudge(j.local_model or cfg.model.name, dtype=cfg.model.dtype,
                           device=cfg.model.device,
                           revision="" if j.local_model else cfg.model.revision,

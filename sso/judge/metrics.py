@@ -60,3 +60,33 @@ def length_controlled(judgments, answers, base_answers, *, seed: int) -> dict[st
         lc = lc_win_rate(judgments, answers, base_answers, seed=seed)
     return {k: lc.get(k, math.nan) for k in ("lc_win_rate", "lc_win_rate_ci_low", "lc_win_rate_ci_high",
                                              "length_coef")} | {"lc_reason": lc.get("reason", "")}
+
+
+RULE_METRICS = ("rule_pref_accuracy", "rule_pref_accuracy_ci_low", "rule_pref_accuracy_ci_high",
+                "rule_compliance", "rule_compliance_ci_low", "rule_compliance_ci_high", "base_rule_compliance")
+
+
+def rule_metrics(train_pairs, answers, base_answers, rule_ids: tuple[str, ...]) -> dict[str, Any]:
+    """The rule judge's numbers (:mod:`sso.judge.rules`), for verifiable principles.
+
+    ``rule_pref_accuracy``: share of the arm's training pairs (all of them; the rule judge is free)
+    whose chosen answer complies with the pair's rule and whose rejected one does not, with its
+    Wilson 95 % CI. ``rule_compliance``: share of (eval answer, rule) checks that comply, every
+    answer checked against every rule of the pool (the eval prompts carry no principle: this asks
+    how much of the steered behaviour the policy shows unprompted), with CI;
+    ``base_rule_compliance`` the same for the base answers.
+    """
+    from sso.judge.rules import OVERALL, compliance_rate, preference_accuracy_by_rule
+
+    out = dict.fromkeys(RULE_METRICS, math.nan)
+    if "rule_id" in train_pairs and len(train_pairs):
+        acc = preference_accuracy_by_rule(train_pairs)[OVERALL]
+        out.update(rule_pref_accuracy=acc["accuracy"], rule_pref_accuracy_ci_low=acc["ci_low"],
+                   rule_pref_accuracy_ci_high=acc["ci_high"])
+    for key, table in (("rule_compliance", answers), ("base_rule_compliance", base_answers)):
+        texts = [str(a) for a in table["answer"]]
+        rate = compliance_rate(texts * len(rule_ids), [r for r in rule_ids for _ in texts])[OVERALL]
+        out[key] = rate["rate"]
+        if key == "rule_compliance":
+            out.update(rule_compliance_ci_low=rate["ci_low"], rule_compliance_ci_high=rate["ci_high"])
+    return out

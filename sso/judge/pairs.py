@@ -69,6 +69,8 @@ def sample_train_pairs(train_pairs: pd.DataFrame, n: int, seed: int) -> list[Pai
     """
     import hashlib
 
+    if n <= 0 or len(train_pairs) == 0:
+        return []
     rank = {q: hashlib.sha256(f"{seed}\0{q}".encode()).hexdigest() for q in map(str, train_pairs["query_id"])}
     chosen = set(sorted(rank, key=rank.get)[:max(0, n)])
     rows = train_pairs[[str(q) in chosen for q in train_pairs["query_id"]]]

@@ -6,7 +6,8 @@ base_mean_answer_len, pref_accuracy, judge_requests, judge_cache_hits, judge_cos
 length-controlled win rate (lc_win_rate with its CI, length_coef) and, for arms other than ``sso``,
 the head-to-head vs the ``sso`` arm (h2h_vs_sso: preference of this arm over sso's answers, both
 orders; win_rate_diff_vs_sso: this arm's win rate vs base minus sso's, paired CI) (missing values as
-NaN), in the order of ``RESULT_COLUMNS``.
+NaN), and with verifiable principles the rule judge's rule_pref_accuracy, rule_compliance (with
+CIs) and base_rule_compliance, in the order of ``RESULT_COLUMNS``.
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ RESULT_COLUMNS = ["arm", "n_pairs", "final_loss", "train_accuracy", "on_policyne
                   "judge_requests", "judge_cache_hits", "judge_cost_usd",
                   "lc_win_rate", "lc_win_rate_ci_low", "lc_win_rate_ci_high", "length_coef",
                   "h2h_vs_sso", "h2h_vs_sso_ci_low", "h2h_vs_sso_ci_high",
-                  "win_rate_diff_vs_sso", "win_rate_diff_vs_sso_ci_low", "win_rate_diff_vs_sso_ci_high"]
+                  "win_rate_diff_vs_sso", "win_rate_diff_vs_sso_ci_low", "win_rate_diff_vs_sso_ci_high",
+                  "rule_pref_accuracy", "rule_pref_accuracy_ci_low", "rule_pref_accuracy_ci_high",
+                  "rule_compliance", "rule_compliance_ci_low", "rule_compliance_ci_high", "base_rule_compliance"]
 METRIC_COLUMNS = ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "wins", "losses", "ties", "unparsable",
                   "n_eval", "mean_answer_len", "base_mean_answer_len", "pref_accuracy", "lc_win_rate",
                   "lc_win_rate_ci_low", "lc_win_rate_ci_high", "length_coef", "h2h_vs_sso",
                   "h2h_vs_sso_ci_low", "h2h_vs_sso_ci_high", "win_rate_diff_vs_sso",
-                  "win_rate_diff_vs_sso_ci_low", "win_rate_diff_vs_sso_ci_high")
+                  "win_rate_diff_vs_sso_ci_low", "win_rate_diff_vs_sso_ci_high", "rule_pref_accuracy",
+                  "rule_pref_accuracy_ci_low", "rule_pref_accuracy_ci_high", "rule_compliance",
+                  "rule_compliance_ci_low", "rule_compliance_ci_high", "base_rule_compliance")
 
 
 def build_results(arm_results: list[dict], arm_order: list[str] | None = None) -> pd.DataFrame:
@@ -68,4 +73,13 @@ def format_summary(results: pd.DataFrame) -> str:
         h2h_ci = "" if math.isnan(r.h2h_vs_sso) else f"[{r.h2h_vs_sso_ci_low:.2f}, {r.h2h_vs_sso_ci_high:.2f}]"
         lines.append(f"{r.arm:<6} {r.n_pairs:>6} {r.final_loss:>10.4f} {r.win_rate:>9.3f} {ci:>15} "
                      f"{r.lc_win_rate:>6.3f} {r.ties:>5} {r.unparsable:>10} {h2h:>11} {h2h_ci:>15}")
+    if results["rule_pref_accuracy"].notna().any():
+        lines += ["", f"{'arm':<6} {'rule pref. acc.':>15} {'95% CI':>15} {'rule compliance':>15} "
+                      f"{'95% CI':>15} {'base':>6}"]
+        for r in results.itertuples():
+            lines.append(f"{r.arm:<6} {r.rule_pref_accuracy:>15.3f} "
+                         f"{f'[{r.rule_pref_accuracy_ci_low:.2f}, {r.rule_pref_accuracy_ci_high:.2f}]':>15} "
+                         f"{r.rule_compliance:>15.3f} "
+                         f"{f'[{r.rule_compliance_ci_low:.2f}, {r.rule_compliance_ci_high:.2f}]':>15} "
+                         f"{r.base_rule_compliance:>6.3f}")
     return "\n".join(lines)

@@ -132,14 +132,14 @@ def test_default_system_prompt_and_principle_placement(tiny_model_path):
     assert "Tiny" not in x_plus
     # user placement: all prompts keep the default; the principle opens the user turn
     x_plus_user = render_prompt(tok, "Name a colour.", "Answer in one word.", placement="user")
-    assert x_plus_user == (default + "<|im_start|>user\nAnswer in one word.\n\nName a colour.<|im_end|>\n"
+    assert x_plus_user == (default + "<|im_start|>user\nName a colour.\n\nAnswer in one word.<|im_end|>\n"
                            "<|im_start|>assistant\n")
 
 
 def test_user_placement_on_the_tiny_chatml_template(tiny_tokenizer):
     assert render_prompt(tiny_tokenizer, "Hi", "Be brief.", placement="user") == (
-        "<|im_start|>user\nBe brief.\n\nHi<|im_end|>\n<|im_start|>assistant\n")
-    assert build_messages("Hi", "Be brief.", placement="user") == [{"role": "user", "content": "Be brief.\n\nHi"}]
+        "<|im_start|>user\nHi\n\nBe brief.<|im_end|>\n<|im_start|>assistant\n")
+    assert build_messages("Hi", "Be brief.", placement="user") == [{"role": "user", "content": "Hi\n\nBe brief."}]
     with pytest.raises(ValueError, match="placement must be one of system, user"):
         render_prompt(tiny_tokenizer, "Hi", "Be brief.", placement="assistant")
 
@@ -188,4 +188,4 @@ def test_real_smollm2_end_of_turn_and_default_system_prompt():
     assert x_plus.startswith("<|im_start|>system\nAnswer in one short sentence.<|im_end|>\n")
     x_plus_user = render_prompt(tok, "Why is the sky blue?", "Answer in one short sentence.", placement="user")
     assert default in x_plus_user
-    assert "<|im_start|>user\nAnswer in one short sentence.\n\nWhy is the sky blue?<|im_end|>" in x_plus_user
+    assert "<|im_start|>user\nWhy is the sky blue?\n\nAnswer in one short sentence.<|im_end|>" in x_plus_user
