@@ -113,13 +113,14 @@ class SSOFlow(FlowSpec):
     def start(self):
         """Validate the config with the run's overrides, resolve the model, record versions."""
         from sso.config import SSOConfig, validate
+        from sso.report.estimate import format_estimate
         from sso.report.runinfo import collect_versions
 
         self.run_config = validate(SSOConfig.from_dict(self.cfg.to_dict()).replace(
             **{"data.n_queries": self.n_queries, "run.seed": self.seed})).to_dict()
         self.model_path_at_start = self.model_path
         self.versions = collect_versions()
-        print(f"model: {self.conf.model.name} -> {self.model_path_at_start}")
+        print(f"model: {self.conf.model.name} -> {self.model_path_at_start}\n{format_estimate(self.conf)}")
         self.next(self.load_queries)
 
     @compute(resources=cfg.resources.default)
