@@ -1,5 +1,7 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, pip):
-#   make demo   create .venv, install sso-flow, run the default flow (tiny model, CPU, offline)
+#   make demo   create .venv, install sso-flow, run the flow on the real SmolLM2-135M-Instruct
+#               (configs/smollm2-cpu.toml: CPU, offline, about 15-25 minutes on 2 cores)
+#   make tiny   the same pipeline on the 2M-parameter random test model (a few minutes)
 #   make test   create .venv, install sso-flow with test extras, run the whole test suite
 # Either order works; each target installs what it needs (stamp files make re-runs cheap).
 
@@ -12,7 +14,7 @@ export METAFLOW_USER ?= $(or $(filter-out root,$(USER)),sso)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test venv venv-test clean
+.PHONY: demo tiny test venv venv-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +40,9 @@ venv: $(VENV)/.stamp-base
 venv-test: $(VENV)/.stamp-test
 
 demo: venv
+	$(BIN)/python flows/sso_flow.py --config cfg configs/smollm2-cpu.toml run
+
+tiny: venv
 	$(BIN)/python flows/sso_flow.py run
 
 # vLLM leaves socket files in the temp dir: keep them in a scratch dir of our own.

@@ -388,6 +388,7 @@ def principles_report(principles: pd.DataFrame) -> dict[str, Any]:
     report: dict[str, Any] = {
         "n_principles": n, "n_model": int((source == SOURCE_MODEL).sum()), "n_fallback": n_fallback,
         "n_catalogue": int((source == "catalogue").sum()),
+        **({"n_verifiable": int((source == "verifiable").sum())} if (source == "verifiable").any() else {}),
         "fallback_rate": float(n_fallback / n) if n else 0.0,
     }
     if "fallback_reason" in principles:
