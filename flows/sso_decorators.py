@@ -182,15 +182,24 @@ def datastore_checkpoints(step_name, flow, inputs=None, attributes=None):
             uploader.upload_newest()
             shutil.rmtree(local, ignore_errors=True)
         elif ok:
-            shutil.rmtree(local, ignore_errors=True)
-            root = os.path.join(tempfile.gettempdir(), "sso-checkpoints")
-            parent = os.path.dirname(local)
-            while parent.startswith(root + os.sep):     # drop the now empty <flow>/<run>/<step> dirs
-                try:
-                    os.rmdir(parent)
-                except OSError:
-                    break
-                parent = os.path.dirname(parent)
+            _remove_local_checkpoints(local)
+
+
+def _remove_local_checkpoints(local: str) -> None:
+    """Delete a finished task's local checkpoint dir and the then empty <flow>/<run>/<step> dirs."""
+    import os
+    import shutil
+    import tempfile
+
+    shutil.rmtree(local, ignore_errors=True)
+    root = os.path.join(tempfile.gettempdir(), "sso-checkpoints")
+    parent = os.path.dirname(local)
+    while parent.startswith(root + os.sep):
+        try:
+            os.rmdir(parent)
+        except OSError:
+            break
+        parent = os.path.dirname(parent)
 
 
 def _complete_checkpoints(local: str) -> list[str]:

@@ -136,7 +136,7 @@ class SSOFlow(FlowSpec):
     @step
     def generate_principles(self):
         """One good/bad principle pair per train query; the shards that carry them to sampling."""
-        from sso.data.principle_writer import principles_report
+        from sso.data.principles import principles_report
         from sso.generation.shards import plan_shards
         from steps.generate_principles import generate_principles
 

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, Protocol, Sequence
 
 import pandas as pd
 
-from sso.data.principles import FALLBACK_BAD, FALLBACK_GOOD, POLARITY_WORDS
+from sso.data.principles import FALLBACK_BAD, FALLBACK_GOOD, POLARITY_WORDS, principles_report
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +303,35 @@ def _reply_text(reply: str | BaseException) -> tuple[str, bool]:
     return reply, False
 
 
+def _fallback_reason(bad: Parsed, good: Parsed | None, bad_failed: bool, good_failed: bool) -> str:
+    """Why a query falls back to its fallback pair ("" when both guidelines were written)."""
+    if bad_failed:
+        return "request_failed"
+    if bad.guideline is None:
+        return f"bad_{bad.reason}"
+    if good_failed:
+        return "request_failed"
+    if good is None or good.guideline is None:
+        return f"good_{good.reason if good else 'empty'}"
+    return ""
+
+
+def _principle_row(qid, fb: pd.DataFrame, bad: Parsed, good: Parsed | None, bad_failed: bool,
+                   good_failed: bool, raw_bad: str, raw_good: str) -> dict:
+    """One output row: the model-written pair, or the query's fallback pair with the reason."""
+    reason = _fallback_reason(bad, good, bad_failed, good_failed)
+    raw = {"raw_bad": raw_bad, "raw_good": raw_good}
+    if reason:
+        f = fb.loc[qid]
+        return {"query_id": qid, "features": list(f["features"]), "good_principle": f["good_principle"],
+                "bad_principle": f["bad_principle"], "source": SOURCE_FALLBACK, "bad_guideline": "",
+                "good_guideline": "", "fallback_reason": reason, **raw}
+    b, g = bad.guideline, good.guideline
+    return {"query_id": qid, "features": [], "good_principle": render_principle_message(g, "good"),
+            "bad_principle": render_principle_message(b, "bad"), "source": SOURCE_MODEL,
+            "bad_guideline": b, "good_guideline": g, "fallback_reason": "", **raw}
+
+
 def write_principles(queries: pd.DataFrame, model: PrincipleModel, params,
                      fallback: pd.DataFrame, *, max_failed_fraction: float = 0.5) -> pd.DataFrame:
     """One principle pair per query (bad first, then good conditioned on it), with fallbacks.
@@ -341,30 +370,8 @@ def write_principles(queries: pd.DataFrame, model: PrincipleModel, params,
         raise RuntimeError(f"principle model {model.name}: {n_failed} of {n_requests} requests failed "
                            f"(more than {max_failed_fraction:.0%}); not falling back for all of them")
 
-    rows = []
-    for i, qid in enumerate(qids):
-        reason = ""
-        if bad_failed[i]:
-            reason = "request_failed"
-        elif bad[i].guideline is None:
-            reason = f"bad_{bad[i].reason}"
-        elif good_failed[i]:
-            reason = "request_failed"
-        elif good[i] is None or good[i].guideline is None:
-            reason = f"good_{good[i].reason if good[i] else 'empty'}"
-        if reason:
-            f = fb.loc[qid]
-            rows.append({"query_id": qid, "features": list(f["features"]),
-                         "good_principle": f["good_principle"], "bad_principle": f["bad_principle"],
-                         "source": SOURCE_FALLBACK, "bad_guideline": "", "good_guideline": "",
-                         "fallback_reason": reason, "raw_bad": raw_bad[i], "raw_good": raw_good[i]})
-        else:
-            b, g = bad[i].guideline, good[i].guideline
-            rows.append({"query_id": qid, "features": [],
-                         "good_principle": render_principle_message(g, "good"),
-                         "bad_principle": render_principle_message(b, "bad"),
-                         "source": SOURCE_MODEL, "bad_guideline": b, "good_guideline": g,
-                         "fallback_reason": "", "raw_bad": raw_bad[i], "raw_good": raw_good[i]})
+    rows = [_principle_row(qid, fb, bad[i], good[i], bad_failed[i], good_failed[i], raw_bad[i], raw_good[i])
+            for i, qid in enumerate(qids)]
     out = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
     rep = principles_report(out)
     log.info("principles from %s: %d model-written, %d fallback %s", model.name, rep["n_model"],
@@ -378,22 +385,3 @@ def generic_fallback(query_ids: Sequence) -> pd.DataFrame:
                          "features": [["Helpfulness"] for _ in query_ids],
                          "good_principle": [FALLBACK_GOOD] * len(query_ids),
                          "bad_principle": [FALLBACK_BAD] * len(query_ids)})
-
-
-def principles_report(principles: pd.DataFrame) -> dict[str, Any]:
-    """Counts by source and fallback reason (works for catalogue principles too)."""
-    source = principles["source"] if "source" in principles else pd.Series(["catalogue"] * len(principles))
-    n = len(principles)
-    n_fallback = int((source == SOURCE_FALLBACK).sum())
-    report: dict[str, Any] = {
-        "n_principles": n, "n_model": int((source == SOURCE_MODEL).sum()), "n_fallback": n_fallback,
-        "n_catalogue": int((source == "catalogue").sum()),
-        **({"n_verifiable": int((source == "verifiable").sum())} if (source == "verifiable").any() else {}),
-        "fallback_rate": float(n_fallback / n) if n else 0.0,
-    }
-    if "fallback_reason" in principles:
-        for reason, count in sorted(principles["fallback_reason"].value_counts().items()):
-            if reason:
-                report[f"fallback_{reason}"] = int(count)
-    return report
-

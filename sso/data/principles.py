@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -362,3 +363,23 @@ def build_catalogue_principles(
         choose_features("", seed=seed, k=k, concision_prob=concision_prob)
         return pd.DataFrame({c: pd.Series(dtype=object) for c in OUTPUT_COLUMNS})
     return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+
+def principles_report(principles: pd.DataFrame) -> dict[str, Any]:
+    """Counts by source and fallback reason (works for catalogue principles too)."""
+    source = principles["source"] if "source" in principles else pd.Series(["catalogue"] * len(principles))
+    n = len(principles)
+    n_fallback = int((source == "fallback").sum())
+    report: dict[str, Any] = {
+        "n_principles": n, "n_model": int((source == "model").sum()), "n_fallback": n_fallback,
+        "n_catalogue": int((source == "catalogue").sum()),
+        **({"n_verifiable": int((source == "verifiable").sum())} if (source == "verifiable").any() else {}),
+        "fallback_rate": float(n_fallback / n) if n else 0.0,
+    }
+    if "fallback_reason" in principles:
+        for reason, count in sorted(principles["fallback_reason"].value_counts().items()):
+            if reason:
+                report[f"fallback_{reason}"] = int(count)
+    return report
+
+

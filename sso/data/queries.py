@@ -315,6 +315,15 @@ def render_query_summary(report: Mapping[str, Any], source: str = "") -> str:
 # splitting
 # --------------------------------------------------------------------------------------------
 
+def _check_split_sizes(n_train: Any, n_eval: Any, seed: Any) -> None:
+    if not _is_int(n_train) or n_train < 1:
+        raise DataError(f"n_train must be an integer >= 1, got {n_train!r}")
+    if not _is_int(n_eval) or n_eval < 0:
+        raise DataError(f"n_eval must be an integer >= 0, got {n_eval!r}")
+    if not _is_int(seed) or seed < 0:
+        raise DataError(f"seed must be a non-negative integer, got {seed!r}")
+
+
 def split_queries(df: pd.DataFrame, *, n_train: int, n_eval: int, seed: int,
                   report: Mapping[str, Any] | None = None,
                   eval_seed: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -331,12 +340,7 @@ def split_queries(df: pd.DataFrame, *, n_train: int, n_eval: int, seed: int,
     says what was skipped and why.
     """
     _check_frame(df, ("query_id",), "split_queries")
-    if not _is_int(n_train) or n_train < 1:
-        raise DataError(f"n_train must be an integer >= 1, got {n_train!r}")
-    if not _is_int(n_eval) or n_eval < 0:
-        raise DataError(f"n_eval must be an integer >= 0, got {n_eval!r}")
-    if not _is_int(seed) or seed < 0:
-        raise DataError(f"seed must be a non-negative integer, got {seed!r}")
+    _check_split_sizes(n_train, n_eval, seed)
     if df["query_id"].isna().any():
         raise DataError("split_queries: query_id contains missing values")
     ids = df["query_id"].astype(str)

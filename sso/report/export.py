@@ -66,6 +66,18 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _write_adapter_entry(out: Path, name: str, adapter_files: dict[str, bytes], probe: dict | None,
+                         written: dict[str, str], files: list[dict]) -> dict[str, Any]:
+    """Write one adapter directory; add its path to ``written`` and its files to ``files``;
+    return its manifest entry."""
+    d = write_adapter(adapter_files, out / "adapters" / name)
+    written[f"adapter_{name.replace('-', '_')}"] = str(d)
+    config = json.loads((d / "adapter_config.json").read_text())
+    files.extend(_file_entry(out, f) for f in sorted(d.iterdir()))
+    return {"path": d.relative_to(out).as_posix(), "base_model_name_or_path": config.get("base_model_name_or_path"),
+            "r": config.get("r"), "target_modules": config.get("target_modules"), "logits_probe": probe}
+
+
 def write_export(out_dir: str | os.PathLike, *, results, preferences: dict[str, Any],
                  adapters: dict[str, dict[str, bytes]], probes: dict[str, dict] | None = None,
                  run_info: dict[str, Any] | None = None) -> dict[str, str]:
@@ -97,19 +109,8 @@ def write_export(out_dir: str | os.PathLike, *, results, preferences: dict[str, 
         for ext in (".parquet", ".jsonl"):
             files.append(_file_entry(out, Path(f"{base}{ext}"), rows=len(pairs)))
 
-    adapter_entries: dict[str, dict] = {}
-    for name, adapter_files in adapters.items():
-        d = write_adapter(adapter_files, out / "adapters" / name)
-        written[f"adapter_{name.replace('-', '_')}"] = str(d)
-        config = json.loads((d / "adapter_config.json").read_text())
-        adapter_entries[name] = {
-            "path": d.relative_to(out).as_posix(),
-            "base_model_name_or_path": config.get("base_model_name_or_path"),
-            "r": config.get("r"), "target_modules": config.get("target_modules"),
-            "logits_probe": (probes or {}).get(name),
-        }
-        for f in sorted(d.iterdir()):
-            files.append(_file_entry(out, f))
+    adapter_entries = {name: _write_adapter_entry(out, name, adapter_files, (probes or {}).get(name), written, files)
+                       for name, adapter_files in adapters.items()}
 
     manifest = {
         "format_version": FORMAT_VERSION,
