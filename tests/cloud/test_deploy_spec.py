@@ -26,7 +26,7 @@ CONFIG = REPO / "configs" / "aws-batch.toml"
 # Which [resources.<table>] each step takes; steps not listed take [resources.default].
 STEP_TABLES = {"sample_responses": "sample", "generate_preferences": "sample",
                "generate_answers": "sample", "train_generator": "train", "train_policy": "train",
-               "judge": "judge"}
+               "judge": "judge", "compare": "judge"}
 GPU_STEPS = {"sample_responses", "generate_preferences", "generate_answers", "train_generator",
              "train_policy"}
 ALL_STEPS = GPU_STEPS | {"start", "load_queries", "generate_principles", "join_samples",

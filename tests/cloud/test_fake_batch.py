@@ -38,7 +38,7 @@ WITH_IMAGE = "example.invalid/sso-flow:with-flag"
 GPU_IMAGE = "example.invalid/sso-flow:gpu-from-config"
 STEP_TABLES = {"sample_responses": "sample", "generate_preferences": "sample",
                "generate_answers": "sample", "train_generator": "train", "train_policy": "train",
-               "judge": "judge"}
+               "judge": "judge", "compare": "judge"}
 RESOURCES = {
     "default": {"cpu": 1, "memory": 2048, "gpu": 0, "timeout_minutes": 20, "queue": "sso-cpu"},
     "sample": {"cpu": 2, "memory": 3072, "gpu": 1, "timeout_minutes": 20, "queue": "sso-gpu",
