@@ -47,9 +47,27 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from sso.config import parse_config_text  # noqa: E402  (light: no torch/metaflow/vllm imports)
+from sso.config import ConfigError, parse_config_text  # noqa: E402  (light: no torch/metaflow/vllm imports)
 
 DEFAULT_CONFIG = os.path.join(_ROOT, "configs", "tiny.toml")
+
+
+DEBUG_ENV = "SSO_DEBUG"   # set to 1 for the full traceback of a user error
+
+
+def parse_config(text: str) -> dict:
+    """The ``Config`` parser: a bad config stops the run with our one-paragraph message (the key,
+    what was expected), not Metaflow's "Internal error" banner and a traceback wall."""
+    from metaflow.exception import MetaflowException
+
+    try:
+        return parse_config_text(text)
+    except ConfigError as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        err = MetaflowException(f"{exc}\n(fix the config file; {DEBUG_ENV}=1 shows the traceback)")
+        err.headline = "Invalid config"
+        raise err from None
 
 
 @functools.lru_cache(maxsize=4)
@@ -68,7 +86,7 @@ class SSOFlow(FlowSpec):
     """Self-Steering Optimization: principle-steered sampling, an SSO-trained data generator, and
     DPO policies compared against the principle-based (PBAA) baseline by a pairwise judge."""
 
-    cfg = Config("cfg", default=DEFAULT_CONFIG, parser=parse_config_text)
+    cfg = Config("cfg", default=DEFAULT_CONFIG, parser=parse_config)
     n_queries = Parameter("n_queries", type=int, default=config_expr("cfg.data.n_queries"),
                           help="number of train queries (overrides [data] n_queries)")
     seed = Parameter("seed", type=int, default=config_expr("cfg.run.seed"),
