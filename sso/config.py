@@ -273,6 +273,12 @@ def _cross_checks(cfg: SSOConfig) -> None:
         raise ConfigError(
             f"[sampling] shard_size ({s.shard_size}) gives {-(-d.n_queries // s.shard_size)} shards "
             f"for {d.n_queries} queries; at most {MAX_FOREACH} (Metaflow's foreach limit): raise shard_size")
+    gpus = cfg.resources.sample.gpu
+    if s.backend == "vllm" and gpus and s.tensor_parallel_size != gpus:
+        raise ConfigError(
+            f"[sampling] tensor_parallel_size ({s.tensor_parallel_size}) must equal [resources.sample] "
+            f"gpu ({gpus}): vLLM shards the model over exactly the GPUs the step gets; for data "
+            f"parallelism over more GPUs raise [sampling] shards instead")
     p = cfg.principles
     if p.source == "model" and p.backend == "openai" and not p.model.strip():
         raise ConfigError("[principles] model must name the endpoint's model when backend = 'openai'")

@@ -70,3 +70,13 @@ def test_replace_applies_dotted_overrides_and_revalidates():
         cfg.replace(**{"run.sed": 7})
     with pytest.raises(ConfigError, match=r"\[data\] n_queries must be > 0"):
         cfg.replace(**{"data.n_queries": 0})
+
+
+def test_vllm_tensor_parallel_size_follows_the_sampling_gpus():
+    from sso.config import validate
+
+    two = SSOConfig().replace(**{"sampling.backend": "vllm", "resources.sample.gpu": 2})
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size \(1\) must equal \[resources.sample\] gpu \(2\)"):
+        validate(two)
+    assert validate(two.replace(**{"sampling.tensor_parallel_size": 2})).sampling.tensor_parallel_size == 2
+    validate(SSOConfig().replace(**{"sampling.backend": "transformers", "resources.sample.gpu": 2}))
