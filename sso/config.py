@@ -170,6 +170,8 @@ class JudgeConfig:
     max_requests: int = 0              # budget guard; 0 = no limit
     max_cost_usd: float = 0.0          # budget guard; 0 = no limit
     accuracy_pairs: int = 200          # preference-data accuracy sample size per arm
+    max_failed_fraction: float = 0.0   # requests that may fail for good (listed, never scored);
+                                       #   above it the step fails (what was answered stays cached)
     cache_dir: str = ""                # empty = ~/.cache/sso-flow/judge
     # Metaflow @secrets sources for the judge step (e.g. "aws-secrets-manager.sso/judge", whose JSON
     # holds {"OPENAI_API_KEY": "..."}): how the key reaches remote tasks. Empty = none (local runs

@@ -127,6 +127,7 @@ RULES: dict[str, dict[str, tuple]] = {
         "max_requests": _NONNEG,
         "max_cost_usd": _NONNEG,
         "accuracy_pairs": _NONNEG,
+        "max_failed_fraction": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
         "api_key_env": (lambda v: v.replace("_", "").isalnum() and not v.startswith("sk-"),
                         "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), "
                         "never the key itself"),

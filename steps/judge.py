@@ -32,7 +32,10 @@ the tables, calls it, and returns plain objects.
 Side effects
     Reads and writes the judge cache (``[judge] cache_dir``); for ``backend = 'openai'`` makes
     HTTP requests, after checking the budget guard. Raises on an unreachable endpoint (judgments
-    received until then stay cached, so a ``resume`` asks only the rest).
+    received until then stay cached, so a ``resume`` asks only the rest). With ``[judge]
+    max_failed_fraction > 0`` up to that fraction of requests may fail for good: they are rows with
+    ``preferred = "failed"`` and their ``error``, pairs with outcome ``failed``, counted in
+    ``metrics["failed"]`` / ``usage["failed_requests"]`` and left out of every rate.
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ def judge(arm: str, answers: pd.DataFrame, base_answers: pd.DataFrame, train_pai
     backend = make_judge_backend(cfg)
     rows, usage = run_judgments(requests, backend, JudgeCache(cfg.judge.cache_dir or None),
                                 progress=progress, desc=what,
-                                before_start=make_budget_guard(cfg.judge, what))
+                                before_start=make_budget_guard(cfg.judge, what),
+                                max_failed_fraction=cfg.judge.max_failed_fraction)
     pairs = compute_pair_outcomes(rows)
     judgments = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
     metrics = {**compute_judge_metrics(pairs, eval_pairs, seed=cfg.run.seed, accuracy_n=len(acc_pairs)),

@@ -227,6 +227,9 @@ class _Handler(BaseHTTPRequestHandler):
             text, top = "purple monkey dishwasher", None
         else:
             out = self.judge.rule(user, request)
+            if isinstance(out, dict) and "status" in out:      # a rule may refuse a request for good
+                self._send(out["status"], {"error": {"message": out.get("message", "refused")}})
+                return
             text, top = (out, None) if isinstance(out, str) else (out["text"], out.get("top_logprobs"))
         self._send(200, self.judge._completion(request, text, top))
 

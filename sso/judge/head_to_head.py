@@ -41,7 +41,8 @@ def judge_against_reference(answers: dict[str, pd.DataFrame], judgments: dict[st
         what = f"head-to-head[{arm} vs {reference}]"
         requests = build_requests("win_rate", build_eval_pairs(answers[arm], answers[reference]))
         rows, _ = run_judgments(requests, backend, cache, progress=progress, desc=what,
-                                before_start=make_budget_guard(cfg.judge, what))
+                                before_start=make_budget_guard(cfg.judge, what),
+                                max_failed_fraction=cfg.judge.max_failed_fraction)
         table = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
         metrics[arm] = summarize(table, judgments[arm], judgments[reference], seed=cfg.run.seed)
         tables.append(table.assign(arm=arm, reference=reference))

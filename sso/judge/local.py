@@ -145,7 +145,8 @@ class LocalJudge:
         return torch.log_softmax(logits.float(), dim=-1)[:, self.label_ids].cpu()  # [B, 2]
 
     def complete_many(self, jobs: list[tuple[str, JudgeParts]],
-                      on_done: Callable[[str, dict[str, Any]], None]) -> None:
+                      on_done: Callable[[str, dict[str, Any]], None],
+                      on_failed: Callable[[str, str], None] | None = None) -> None:
         self.load()
         encoded = [(key, *self.encode(parts)) for key, parts in jobs]
         encoded.sort(key=lambda item: len(item[1]))          # less padding per batch

@@ -28,11 +28,11 @@ def compute_judge_metrics(pairs: list[dict[str, Any]], eval_pairs: list[tuple[st
     return {
         "win_rate": w["rate"], "win_rate_ci_low": low, "win_rate_ci_high": high,
         "wins": w["win"], "losses": w["loss"], "ties": w["tie"], "unparsable": w["unparsable"],
-        "n_eval": w["n"],
+        "n_eval": w["n"], "failed": w["failed"],
         "mean_answer_len": mean_len([p[2] for p in eval_pairs]),
         "base_mean_answer_len": mean_len([p[3] for p in eval_pairs]),
         "pref_accuracy": a["rate"], "pref_accuracy_n": accuracy_n, "pref_ties": a["tie"],
-        "pref_unparsable": a["unparsable"],
+        "pref_unparsable": a["unparsable"], "pref_failed": a["failed"],
     }
 
 
@@ -45,7 +45,7 @@ def summarize_usage(usage: dict[str, Any], judge_id: str) -> dict[str, Any]:
             "completion_tokens": int(usage.get("completion_tokens", 0)),
             "est_cost_usd": float(usage.get("est_cost_usd", 0.0)),
             "http_attempts": int(usage.get("http_attempts", usage.get("requests", 0))),
-            "judge": judge_id}
+            "failed_requests": int(usage.get("failed_requests", 0)), "judge": judge_id}
 
 
 def length_controlled(judgments, answers, base_answers, *, seed: int) -> dict[str, Any]:

@@ -32,7 +32,7 @@ log = logging.getLogger("sso.judge")
 
 KINDS = ("win_rate", "accuracy")
 ROLES = {"win_rate": ("arm", "base"), "accuracy": ("chosen", "rejected")}
-OUTCOMES = ("win", "loss", "tie", "unparsable")
+OUTCOMES = ("win", "loss", "tie", "unparsable", "failed")
 _SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 
 
@@ -86,10 +86,12 @@ class JudgeBackend(_Protocol):
     judge_id: str
 
     def complete_many(self, jobs: list[tuple[str, JudgeParts]],
-                      on_done: Callable[[str, dict[str, Any]], None]) -> None:
+                      on_done: Callable[[str, dict[str, Any]], None],
+                      on_failed: Callable[[str, str], None] | None = None) -> None:
         """Judge every ``(key, parts)`` (rendering the parts in the backend's own way); call
-        ``on_done(key, record)`` as each one finishes (from any thread). Raise after the in-flight
-        jobs end if the judge cannot go on."""
+        ``on_done(key, record)`` as each one finishes (from any thread). Without ``on_failed``,
+        raise after the in-flight jobs end if the judge cannot go on; with it, report each request
+        that fails for good as ``on_failed(key, message)`` and go on."""
 
     def usage(self) -> dict[str, Any]:
         """requests, prompt_tokens, completion_tokens, est_cost_usd (and backend extras)."""
@@ -115,18 +117,51 @@ def split_cached(requests: list[JudgeRequest], judge_id: str, cache: JudgeCache
 def run_judgments(requests: list[JudgeRequest], backend: JudgeBackend, cache: JudgeCache, *,
                   progress: bool = False, desc: str = "judge",
                   before_start: Callable[[dict[str, JudgeParts]], None] | None = None,
+                  max_failed_fraction: float = 0.0,
                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Judge every request, cached ones from the cache, the rest through ``backend``.
 
     Each new raw output is written to the cache the moment it arrives, so a run that fails half
     way keeps everything already answered. ``before_start(todo)`` (the budget guard) may raise
-    to refuse. Returns (one row per request, usage) where usage adds ``cache_hits``.
+    to refuse. With ``max_failed_fraction > 0`` a request that fails for good becomes a row with
+    ``preferred = "failed"`` and its ``error`` (never scored, never cached) as long as at most that
+    fraction of the requests failed; beyond it :class:`JudgeFailuresError` says how many and
+    the first errors. Returns (one row per request, usage) where usage adds ``cache_hits`` and
+    ``failed_requests``.
     """
     judge_id = backend.judge_id
     cached, todo = split_cached(requests, judge_id, cache)
     if before_start is not None:
         before_start(todo)
+    fresh, failed = _ask_backend(backend, todo, cache, progress, desc, max_failed_fraction > 0)
+    missing = [k for k in todo if k not in fresh and k not in failed]
+    if missing:
+        raise RuntimeError(f"judge backend returned without answering {len(missing)} of "
+                           f"{len(todo)} requests")
+    total = len(cached) + len(todo)             # distinct judgments of this call, cached ones included
+    if failed and len(failed) > max_failed_fraction * total:
+        first = "; ".join(list(failed.values())[:3])
+        raise JudgeFailuresError(f"{desc}: {len(failed)} of {total} judge requests failed for good, more "
+                                 f"than [judge] max_failed_fraction = {max_failed_fraction:g} allows; first "
+                                 f"errors: {first}. The {len(fresh)} answered are cached: a retry or "
+                                 f"`resume` asks only the rest")
+    fresh.update({k: {"text": "", "failed": True, "error": msg} for k, msg in failed.items()})
+    rows = build_judgment_rows(requests, judge_id, cached, fresh)
+    usage = dict(backend.usage())
+    usage["cache_hits"] = sum(1 for r in rows if r["cached"])
+    usage["failed_requests"] = len(failed)
+    return rows, usage
+
+
+class JudgeFailuresError(RuntimeError):
+    """More judge requests failed for good than ``[judge] max_failed_fraction`` tolerates."""
+
+
+def _ask_backend(backend: JudgeBackend, todo: dict[str, JudgeParts], cache: JudgeCache, progress: bool,
+                 desc: str, tolerate: bool) -> tuple[dict[str, dict], dict[str, str]]:
+    """Send the uncached requests; (answered records by key, error messages by key)."""
     fresh: dict[str, dict] = {}
+    failed: dict[str, str] = {}
     lock = threading.Lock()
     bar = None
     if progress and todo:
@@ -141,20 +176,21 @@ def run_judgments(requests: list[JudgeRequest], backend: JudgeBackend, cache: Ju
             if bar is not None:
                 bar.update(1)
 
+    def on_failed(key: str, message: str) -> None:
+        with lock:
+            failed[key] = message
+
     try:
         if todo:
-            backend.complete_many(list(todo.items()), on_done)
+            extra = {"on_failed": on_failed} if tolerate else {}
+            backend.complete_many(list(todo.items()), on_done, **extra)
     finally:
         if bar is not None:
             bar.close()
-    missing = [k for k in todo if k not in fresh]
-    if missing:
-        raise RuntimeError(f"judge backend returned without answering {len(missing)} of "
-                           f"{len(todo)} requests")
-    rows = build_judgment_rows(requests, judge_id, cached, fresh)
-    usage = dict(backend.usage())
-    usage["cache_hits"] = sum(1 for r in rows if r["cached"])
-    return rows, usage
+    if failed:
+        log.warning("%s: %d request(s) failed for good (listed in the judgments, not scored); first: %s",
+                    desc, len(failed), next(iter(failed.values())))
+    return fresh, failed
 
 
 def build_judgment_rows(requests: list[JudgeRequest], judge_id: str, cached: dict[str, dict],
@@ -180,7 +216,9 @@ def judgment_row(req: JudgeRequest, record: dict[str, Any], *, cached: bool, key
     label_lp = record.get("label_logprobs")
     verdict, source = decide_verdict(record.get("text"), label_lp, forced=bool(record.get("forced")))
     cand_role, other_role = ROLES[req.kind]
-    if verdict is None:
+    if record.get("failed"):
+        verdict, source, preferred = None, "failed", "failed"
+    elif verdict is None:
         preferred = "unparsable"
     else:
         preferred = cand_role if verdict == req.candidate_label else other_role
@@ -203,6 +241,7 @@ def judgment_row(req: JudgeRequest, record: dict[str, Any], *, cached: bool, key
         "judge": judge_id,
         "prompt_version": PROMPT_VERSION,
         "cache_key": key,
+        "error": record.get("error", ""),
     }
 
 
@@ -229,8 +268,8 @@ def compute_pair_outcomes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group = sorted(group, key=lambda r: r["order"])
         cand_role = ROLES[kind][0]
         wins = [None if r["preferred"] == "unparsable" else r["preferred"] == cand_role for r in group]
-        out.append({"kind": kind, "pair_index": idx, "query_id": group[0]["query_id"],
-                    "outcome": compute_pair_outcome(wins)})
+        outcome = "failed" if any(r["preferred"] == "failed" for r in group) else compute_pair_outcome(wins)
+        out.append({"kind": kind, "pair_index": idx, "query_id": group[0]["query_id"], "outcome": outcome})
     return out
 
 

@@ -294,14 +294,22 @@ class OpenAIJudge:
             return record
 
     def complete_many(self, jobs: list[tuple[str, JudgeParts]],
-                      on_done: Callable[[str, dict[str, Any]], None]) -> None:
-        """Judge every ``(key, parts)``; ``on_done(key, record)`` as each answer arrives. After the
-        first request that fails for good no new one starts; the error is raised once the ones in
-        flight have ended."""
-        _, errors = run_bounded(self.complete, [parts for _, parts in jobs],
-                                max_concurrency=self.cfg.max_concurrency, catch=BaseException,
-                                stop_on_error=True, thread_name_prefix="sso-judge",
-                                on_result=lambda i, record: on_done(jobs[i][0], record))
+                      on_done: Callable[[str, dict[str, Any]], None],
+                      on_failed: Callable[[str, str], None] | None = None) -> None:
+        """Judge every ``(key, parts)``; ``on_done(key, record)`` as each answer arrives.
+
+        Without ``on_failed``: after the first request that fails for good no new one starts; the
+        error is raised once the ones in flight have ended. With it: every request is tried and
+        each one that fails for good is reported as ``on_failed(key, message)`` (key redacted)."""
+        results, errors = run_bounded(self.complete, [parts for _, parts in jobs],
+                                      max_concurrency=self.cfg.max_concurrency, catch=BaseException,
+                                      stop_on_error=on_failed is None, thread_name_prefix="sso-judge",
+                                      on_result=lambda i, record: on_done(jobs[i][0], record))
+        if on_failed is not None:
+            for (key, _), result in zip(jobs, results):
+                if isinstance(result, BaseException):
+                    on_failed(key, self.client.redact(f"{type(result).__name__}: {result}"))
+            return
         if errors:
             first = errors[0]
             if isinstance(first, JudgeError):

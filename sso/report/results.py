@@ -24,14 +24,15 @@ RESULT_COLUMNS = ["arm", "n_pairs", "final_loss", "train_accuracy", "on_policyne
                   "h2h_vs_sso", "h2h_vs_sso_ci_low", "h2h_vs_sso_ci_high",
                   "win_rate_diff_vs_sso", "win_rate_diff_vs_sso_ci_low", "win_rate_diff_vs_sso_ci_high",
                   "rule_pref_accuracy", "rule_pref_accuracy_ci_low", "rule_pref_accuracy_ci_high",
-                  "rule_compliance", "rule_compliance_ci_low", "rule_compliance_ci_high", "base_rule_compliance"]
+                  "rule_compliance", "rule_compliance_ci_low", "rule_compliance_ci_high", "base_rule_compliance",
+                  "failed"]
 METRIC_COLUMNS = ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "wins", "losses", "ties", "unparsable",
                   "n_eval", "mean_answer_len", "base_mean_answer_len", "pref_accuracy", "lc_win_rate",
                   "lc_win_rate_ci_low", "lc_win_rate_ci_high", "length_coef", "h2h_vs_sso",
                   "h2h_vs_sso_ci_low", "h2h_vs_sso_ci_high", "win_rate_diff_vs_sso",
                   "win_rate_diff_vs_sso_ci_low", "win_rate_diff_vs_sso_ci_high", "rule_pref_accuracy",
                   "rule_pref_accuracy_ci_low", "rule_pref_accuracy_ci_high", "rule_compliance",
-                  "rule_compliance_ci_low", "rule_compliance_ci_high", "base_rule_compliance")
+                  "rule_compliance_ci_low", "rule_compliance_ci_high", "base_rule_compliance", "failed")
 
 
 def build_results(arm_results: list[dict], arm_order: list[str] | None = None) -> pd.DataFrame:

@@ -291,3 +291,33 @@ def test_judge_holds_the_key_only_in_its_client(tmp_path, key):
     with pytest.raises(TypeError, match="not picklable"):
         pickle.dumps(judge_.client)
     assert judge_.client.redact(f"echo Bearer {key}.") == "echo Bearer [REDACTED]."
+
+
+def test_requests_that_fail_for_good_are_tolerated_up_to_max_failed_fraction(tmp_path, key):
+    def refuses_some(user, request):   # instructions 3 and 7 are refused for good (HTTP 400)
+        if "Instruction 3\n" in user or "Instruction 7\n" in user:
+            return {"status": 400, "message": "content policy"}
+        return prefers_marker(user, request)
+
+    ans, base, train = _frames([f"GOOD {i}" for i in range(10)], [f"weak {i}" for i in range(10)])
+    with JudgeServer(refuses_some) as server:
+        with pytest.raises(Exception, match=r"request\(s\) failed") as strict:
+            judge("sso", ans, base, train, _cfg(tmp_path, server.url, **{"judge.accuracy_pairs": 0}),
+                  progress=False)
+        assert "HTTP 400" in str(strict.value)
+        with pytest.raises(Exception, match=r"4 of \d+ judge requests failed for good.*max_failed_fraction = 0.1"):
+            judge("sso", ans, base, train, _cfg(tmp_path, server.url, **{"judge.accuracy_pairs": 0,
+                                                                          "judge.max_failed_fraction": 0.1}),
+                  progress=False)
+        asked = server.requests
+        out = judge("sso", ans, base, train, _cfg(tmp_path, server.url, **{"judge.accuracy_pairs": 0,
+                                                                            "judge.max_failed_fraction": 0.25}),
+                    progress=False)
+    j, m = out["judgments"], out["metrics"]
+    failed = j[j["preferred"] == "failed"]
+    assert sorted(failed["query_id"].unique()) == ["q3", "q7"] and len(failed) == 4
+    assert failed["error"].str.contains("HTTP 400").all() and (j.loc[j["preferred"] != "failed", "error"] == "").all()
+    assert m["failed"] == 2 and m["wins"] == 8 and m["win_rate"] == 1.0     # never scored, never a loss
+    assert out["usage"]["failed_requests"] == 4
+    assert server.requests - asked == 4                                     # the answered 16 came from the cache
+    assert key not in j.to_json()
