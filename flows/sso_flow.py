@@ -114,7 +114,9 @@ class SSOFlow(FlowSpec):
 
     def arm_pairs(self, arm: str):
         """The preference pairs an arm trains on (and whose accuracy the judge measures)."""
-        return {"sso": self.sso_pairs, "pbaa": self.pbaa_pairs}[arm]
+        from sso.arms import ARMS
+
+        return getattr(self, ARMS[arm].pairs)
 
     def train(self, title: str, train_cfg, fn, *args):
         """Run a training step function (its last argument: the examples) with a live card."""
@@ -244,14 +246,15 @@ class SSOFlow(FlowSpec):
     @card(type="blank", id="training")
     @step
     def train_policy(self):
-        """DPO/IPO from the initial policy on this arm's pairs."""
+        """DPO/IPO/SimPO from the initial policy on this arm's pairs."""
+        from sso.arms import arm_policy_config
         from steps.train_policy import train_policy
 
         self.arm = self.input
         self.n_pairs = len(self.arm_pairs(self.arm))
+        policy = arm_policy_config(self.conf.policy, self.arm)
         self.policy_adapter, self.policy_history, self.policy_summary = self.train(
-            f"Policy {self.arm} ({self.conf.policy.loss})", self.conf.policy, train_policy, self.arm,
-            self.arm_pairs(self.arm))
+            f"Policy {self.arm} ({policy.loss})", policy, train_policy, self.arm, self.arm_pairs(self.arm))
         self.next(self.generate_answers)
 
     @retry(times=1, minutes_between_retries=0)

@@ -10,6 +10,8 @@ import dataclasses
 import typing
 from typing import Any, Mapping
 
+from sso.arms import KNOWN_ARMS
+
 
 class ConfigError(ValueError):
     """A config value or key is invalid; the message names the TOML key."""
@@ -21,7 +23,7 @@ _POSITIVE = (lambda v: v > 0, "must be > 0")
 _NONNEG = (lambda v: v >= 0, "must be >= 0")
 _PROB = (lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")
 _TRAIN_RULES = {
-    "loss": (lambda v: v in ("dpo", "ipo"), "must be one of: dpo, ipo"),
+    "loss": (lambda v: v in ("dpo", "ipo", "simpo"), "must be one of: dpo, ipo, simpo"),
     "beta": _POSITIVE,
     "label_smoothing": (lambda v: 0.0 <= v < 0.5, "must be in [0, 0.5)"),
     "gamma": _NONNEG,
@@ -46,7 +48,6 @@ _LORA_RULES = {
 _NO_SPACE = (lambda v: v == v.strip() and " " not in v, "must not contain spaces")
 _RES_RULES = {"cpu": _POSITIVE, "memory": _POSITIVE, "gpu": _NONNEG, "timeout_minutes": _NONNEG,
               "image": _NO_SPACE, "queue": _NO_SPACE, "shared_memory": _NONNEG}
-KNOWN_ARMS = ("sso", "pbaa")
 _KEY_ENV = (lambda v: v.replace("_", "").isalnum() and not v.startswith("sk-"),
             "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key itself")
 

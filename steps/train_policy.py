@@ -1,4 +1,6 @@
-"""Step ``train_policy`` (one foreach task per arm): DPO/IPO from the initial policy.
+"""Step ``train_policy`` (one foreach task per arm): DPO/IPO/SimPO from the initial policy.
+
+The arm's loss is ``[policy] loss`` unless the arm overrides it (:data:`sso.arms.ARMS`).
 
 Inputs: the arm name, its preference pairs (query_id, prompt, chosen, rejected, and when carried
 ``chosen_finished`` / ``rejected_finished`` and the rendered plain prompt ``x_plain``), the config
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from sso.arms import arm_policy_config
 from sso.config import SSOConfig
 from sso.generation.chat import carried_prompts
 
@@ -30,6 +33,6 @@ def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str,
         "chosen": pairs["chosen"], "rejected": pairs["rejected"],
         **{c: pairs[c] for c in FINISHED if c in pairs},
     })
-    result = train_dpo(model_path, table, cfg.policy, cfg.model, seed=cfg.run.seed,
+    result = train_dpo(model_path, table, arm_policy_config(cfg.policy, arm), cfg.model, seed=cfg.run.seed,
                        checkpoint_dir=checkpoint_dir, progress=progress, on_log=on_log)
     return result.adapter, result.history, result.summary

@@ -12,6 +12,7 @@ the frozen reference.
   "conservative DPO" label smoothing (a label flipped with probability ``eps``; Mitchell 2023,
   "A note on DPO with noisy preferences").
 - :func:`ipo_loss`  IPO, Azar et al. 2023, Eq. 17, on MEAN log-ratios as in the SSO paper.
+- :func:`simpo_loss`  SimPO, Meng et al. 2024, reference-free, on MEAN log-probs with a margin.
 - :func:`sso_loss`  the published SSO generator loss, Xiang et al. 2024 (arXiv 2410.17131):
   ``L+ + lambda * L-`` with ``L+ = L_base(x+, y+, y-) + gamma * L_SFT(x+, y+)`` and
   ``L- = L_base(x-, y_o, y+) + gamma * L_SFT(x-, y_o)``.
@@ -92,6 +93,23 @@ def ipo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     return losses, (beta * chosen_logratios).detach(), (beta * rejected_logratios).detach()
 
 
+SIMPO_MARGIN_RATIO = 0.5   # gamma / beta, the SimPO paper's recommended ratio
+
+
+def simpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, *, beta: float,
+               margin_ratio: float = SIMPO_MARGIN_RATIO) -> LossOut:
+    """SimPO loss (Meng et al. 2024, Eq. 6): reference-free, on MEAN per-token log-probs ``a(y|x)``,
+    shape ``[B]``.
+
+    ``loss = -log sigmoid(beta * (a(yw|x) - a(yl|x)) - gamma)`` with the target margin
+    ``gamma = margin_ratio * beta``. Returns ``(losses [B], chosen_rewards [B], rejected_rewards
+    [B])``; rewards are ``beta * a``, detached (no reference model enters the loss).
+    """
+    logits = beta * (policy_chosen_logps - policy_rejected_logps) - margin_ratio * beta   # [B]
+    return (-F.logsigmoid(logits), (beta * policy_chosen_logps).detach(),
+            (beta * policy_rejected_logps).detach())
+
+
 def sft_loss(policy_logps: Tensor, n_tokens: Tensor) -> Tensor:
     """``L_SFT(x, y) = -a(y|x)``: mean negative log-likelihood per response token, shape ``[B]``."""
     return -policy_logps / n_tokens.clamp(min=1).to(policy_logps.dtype)
@@ -108,10 +126,16 @@ def _ipo_pair(pair: PairLogps, beta: float, label_smoothing: float) -> LossOut:
                     beta=beta)
 
 
+def _simpo_pair(pair: PairLogps, beta: float, label_smoothing: float) -> LossOut:
+    m = pair.mean()
+    return simpo_loss(m.policy_chosen, m.policy_rejected, beta=beta)
+
+
 #: Base preference losses by name: ``fn(pair, beta, label_smoothing) -> (losses, rc, rr)``.
 BASE_LOSSES: dict[str, Callable[[PairLogps, float, float], LossOut]] = {
     "dpo": _dpo_pair,
     "ipo": _ipo_pair,
+    "simpo": _simpo_pair,
 }
 
 

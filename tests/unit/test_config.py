@@ -31,7 +31,7 @@ def test_round_trip_through_plain_dict():
     ("[samplng]\n", "top level unknown table 'samplng'; allowed: "),
     ("[generator.lora]\nrank = 8\n", "[generator.lora] unknown key 'rank'"),
     ("[generator]\nbeta = -1.0\n", "[generator] beta must be > 0, got -1.0"),
-    ("[generator]\nloss = 'kto'\n", "[generator] loss must be one of: dpo, ipo, got 'kto'"),
+    ("[generator]\nloss = 'kto'\n", "[generator] loss must be one of: dpo, ipo, simpo, got 'kto'"),
     ("[sampling]\ntop_p = 1.5\n", "[sampling] top_p must be in (0, 1], got 1.5"),
     ("[data]\nn_queries = 'many'\n", "[data] n_queries must be an integer, got 'many'"),
     ("[data]\nn_queries = 4.5\n", "[data] n_queries must be an integer, got 4.5"),

@@ -85,7 +85,7 @@ def test_sft_is_mean_nll():
 def test_unknown_base_loss_is_rejected():
     with pytest.raises(ValueError, match="unknown base loss 'kto'"):
         base_pair_loss(pair([0.0], [0.0], [0.0], [0.0], [1], [1]), base="kto", beta=0.1)
-    assert set(BASE_LOSSES) == {"dpo", "ipo"}
+    assert set(BASE_LOSSES) == {"dpo", "ipo", "simpo"}
 
 
 def test_sso_hand_value():
@@ -207,3 +207,20 @@ def test_online_sso_gradient_direction(base):
     loss.sum().backward()
     _check_directions([main.policy_chosen, plus.policy_chosen, minus.policy_chosen],
                       [main.policy_rejected, plus.policy_rejected, minus.policy_rejected])
+
+
+def test_simpo_hand_value_is_reference_free_and_length_normalised():
+    import math
+
+    import torch
+
+    from sso.training.losses import simpo_loss
+
+    # mean log-probs a(yw) = -1.0, a(yl) = -1.5; beta 2, margin 0.5 * beta = 1.0
+    losses, rc, rr = simpo_loss(torch.tensor([-1.0]), torch.tensor([-1.5]), beta=2.0)
+    assert losses.item() == pytest.approx(-math.log(1 / (1 + math.exp(-(2.0 * 0.5 - 1.0)))))
+    assert rc.item() == pytest.approx(-2.0) and rr.item() == pytest.approx(-3.0)
+    # through the registry the pair is length-normalised and the reference is ignored
+    p = pair([-10.0], [-30.0], [5.0], [-99.0], [10], [20])
+    via, _, _ = base_pair_loss(p, base="simpo", beta=2.0)
+    assert via.item() == pytest.approx(losses.item())
