@@ -9,11 +9,10 @@ end-of-turn token too, it is no longer finished). A prompt that leaves fewer tha
 :func:`min_response_tokens` for its response does not fit (:func:`prompt_fits`); the trainer drops
 such examples before training, and :func:`truncate_pair` refuses them.
 
-- :func:`build_batch`   strings -> padded tensors (``input_ids``, ``attention_mask``, ``loss_mask``,
-  ``truncated``).
+- :func:`encode_pairs` + :func:`collate`  strings -> padded tensors (``input_ids``,
+  ``attention_mask``, ``loss_mask``, ``truncated``).
 - :func:`sequence_logps` model + batch -> summed response log-probs and response token counts.
-- :func:`score_responses` no-grad scoring of many pairs -> DataFrame (reference log-probs,
-  on-policyness).
+  (No-grad reference scoring and on-policyness live in :mod:`sso.training.reference`.)
 """
 
 from __future__ import annotations
@@ -109,17 +108,6 @@ def pad_token_id(tokenizer) -> int:
     if pad is None:
         raise ValueError("tokenizer has neither a pad nor an eos token")
     return int(pad)
-
-
-def build_batch(tokenizer, prompts: list[str], responses: list[str], max_length: int, *,
-                finished: Sequence[bool] | None = None) -> dict[str, Tensor]:
-    """Padded training batch of ``prompt + response`` sequences (``finished``: see :func:`encode_pairs`).
-
-    Returns ``input_ids`` [B, T], ``attention_mask`` [B, T], ``loss_mask`` [B, T] (1 exactly on the
-    response tokens, incl. the end-of-turn of finished ones) and ``truncated`` [B] (bool; ``int(batch["truncated"].sum())``
-    counts the sequences that were cut to ``max_length``). Right padding.
-    """
-    return collate(encode_pairs(tokenizer, prompts, responses, finished), max_length, pad_token_id(tokenizer))
 
 
 #: config attributes of models whose logits are NOT ``lm_head(last_hidden_state)``
@@ -224,39 +212,3 @@ def sequence_logps(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     rows = scored.nonzero()[:, 0]                              # [N] sequence of each scored token
     summed = torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=device).index_add(0, rows, token_logps)
     return summed, scored.sum(dim=-1).to(torch.float32)
-
-
-def score_responses(model, tokenizer, prompts: list[str], responses: list[str], *, max_length: int,
-                    batch_size: int, finished: Sequence[bool] | None = None):
-    """No-grad log-probs of each response given its prompt, as a DataFrame in input order.
-
-    Columns: ``logp_sum`` (summed response log-prob), ``n_tokens`` (response tokens incl. the
-    end-of-turn of finished responses, after truncation; ``finished``: see :func:`encode_pairs`),
-    ``logp_mean`` (``a(y|x)``), ``truncated``. Sequences are length-sorted into batches of
-    ``batch_size``; the model is put in eval mode for the pass and restored afterwards.
-    """
-    import pandas as pd
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    encoded = encode_pairs(tokenizer, prompts, responses, finished)
-    pad_id = pad_token_id(tokenizer)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
-    logp = torch.zeros(len(encoded), dtype=torch.float64)
-    ntok = torch.zeros(len(encoded), dtype=torch.long)
-    cut = torch.zeros(len(encoded), dtype=torch.bool)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for b in range(0, len(order), batch_size):
-                idx = order[b: b + batch_size]
-                batch = collate([encoded[i] for i in idx], max_length, pad_id)
-                s, n = sequence_logps(model, batch)
-                logp[idx] = s.double().cpu()
-                ntok[idx] = n.long().cpu()
-                cut[idx] = batch["truncated"]
-    finally:
-        model.train(was_training)
-    return pd.DataFrame({"logp_sum": logp.numpy(), "n_tokens": ntok.numpy(),
-                         "logp_mean": (logp / ntok.clamp(min=1)).numpy(), "truncated": cut.numpy()})

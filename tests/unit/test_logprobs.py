@@ -129,7 +129,7 @@ RESPONSES = ["It repeats a block for each item.", "A dict maps keys to values.",
 @pytest.fixture(scope="module")
 def batch(tiny_tokenizer):
     from sso.generation.chat import render_prompt
-    from sso.training.scoring import build_batch
+    from scoring_helpers import build_batch
 
     prompts = [render_prompt(tiny_tokenizer, "How does a for loop work?", "Be concise."),
                render_prompt(tiny_tokenizer, "Explain dictionaries."),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 
 from sso.generation.chat import encode_prompt, encode_response, end_of_turn_id, render_prompt
-from sso.training.scoring import build_batch, prompt_fits, score_responses, sequence_logps, truncate_pair
+from scoring_helpers import build_batch
+from sso.training.scoring import prompt_fits, sequence_logps, truncate_pair
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +106,7 @@ def test_capped_response_is_scored_without_end_of_turn(tiny_model, tiny_tokenize
     p_ids, r_ids = encode_prompt(tok, prompts[0]), encode_response(tok, text)
     assert logps[1].item() == pytest.approx(_manual_logps(tiny_model, p_ids, r_ids[:-1]), abs=1e-4)
     assert logps[0] < logps[1]                                 # the end-of-turn log-prob is no longer added
-    df = score_responses(tiny_model, tok, [prompts[0]] * 2, [text] * 2, max_length=512, batch_size=2,
-                         finished=[True, False])
-    assert df["n_tokens"].tolist() == [len(r_ids), len(r_ids) - 1]
+    assert ntok.tolist() == [len(r_ids), len(r_ids) - 1]
     with pytest.raises(ValueError, match="1 finished flags but 2 responses"):
         build_batch(tok, [prompts[0]] * 2, [text] * 2, max_length=512, finished=[True])
 
@@ -134,19 +132,6 @@ def test_sequence_logps_is_differentiable(tiny_model_path, tiny_tokenizer, promp
     logps, _ = sequence_logps(model, build_batch(tiny_tokenizer, prompts[:2], RESPONSES[:2], 512))
     logps.sum().backward()
     assert model.get_input_embeddings().weight.grad.abs().sum() > 0
-
-
-def test_score_responses_dataframe_in_input_order(tiny_model, tiny_tokenizer, prompts):
-    tok = tiny_tokenizer
-    df = score_responses(tiny_model, tok, prompts, RESPONSES, max_length=512, batch_size=2)
-    assert isinstance(df, pd.DataFrame) and list(df.columns[:3]) == ["logp_sum", "n_tokens", "logp_mean"]
-    assert len(df) == 3 and not tiny_model.training
-    with torch.no_grad():
-        logps, ntok = sequence_logps(tiny_model, build_batch(tok, prompts, RESPONSES, 512))
-    assert df["logp_sum"].tolist() == pytest.approx(logps.tolist(), abs=1e-4)
-    assert df["n_tokens"].tolist() == ntok.long().tolist()
-    assert df["logp_mean"].tolist() == pytest.approx((logps / ntok).tolist(), abs=1e-5)
-    assert (df["logp_sum"] < 0).all()
 
 
 def test_head_only_on_response_positions_matches_full_forward(tiny_model_path, tiny_tokenizer, prompts):

@@ -223,7 +223,9 @@ def test_dpo_loss_equals_trl(tiny_model_path, tiny_tokenizer, pairs, tmp_path):
 
     from sso.training.losses import dpo_loss
     from sso.models.loading import load_model
-    from sso.training.scoring import build_batch, sequence_logps
+    from scoring_helpers import build_batch
+
+    from sso.training.scoring import sequence_logps
 
     sub = pairs.iloc[:4]
     ds = Dataset.from_dict({"prompt": list(sub["prompt_text"]), "chosen": list(sub["chosen"]),
