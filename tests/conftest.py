@@ -40,6 +40,18 @@ def torch_single_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a whole module: on a busy 2-core machine two threads made
+    generation up to 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _restore_typing_patches() -> None:
     """Undo metaflow's vendored typing_extensions patches of ``typing``.
 

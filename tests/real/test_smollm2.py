@@ -15,9 +15,9 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 
 import pytest
+from vllm_env import hf_greedy_ids, vllm_environment
 
 from sso.config import ModelConfig, SamplingConfig
 from sso.generation.chat import render_prompt
@@ -38,17 +38,6 @@ def smollm2_path():
         return ensure_smollm2_model()
     except ModelPackageMissing as exc:
         pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two threads made generation up to 10x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -180,40 +169,11 @@ def vllm_sampler(smollm2_path, tmp_path_factory):
     """This module's only vLLM engine (float32, no adapter)."""
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm is not installed")
-    scratch = os.environ.get("SSO_VLLM_TMPDIR") or str(tmp_path_factory.mktemp("vllm-tmp"))
-    saved = {k: os.environ.get(k) for k in ("TMPDIR", "VLLM_CPU_KVCACHE_SPACE",
-                                            "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK")}
-    os.environ.update(TMPDIR=scratch, VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    tempfile.tempdir = None   # re-read TMPDIR
-    try:
-        import vllm  # noqa: F401
-    except Exception as exc:   # e.g. CUDA-built torchvision beside a CPU torch
-        pytest.skip(f"vllm is installed but cannot be imported: {type(exc).__name__}: {exc}")
-    sampler = make_sampler(SamplingConfig(backend="vllm", max_model_len=512), str(smollm2_path),
-                           ModelConfig(name=SMOLLM2_NAME, dtype="float32"))
-    yield sampler
-    sampler.close()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    tempfile.tempdir = None
-
-
-def _hf_greedy_ids(hf, prompt_ids: list[int], max_new: int) -> list[int]:
-    """Greedy ids from ``model.generate`` on one unpadded prompt, cut after the first stop id."""
-    import torch
-
-    with torch.no_grad():
-        out = hf.model.generate(input_ids=torch.tensor([prompt_ids]), do_sample=False,
-                                max_new_tokens=max_new, eos_token_id=hf.stop_ids,
-                                pad_token_id=hf.tokenizer.pad_token_id, temperature=None,
-                                top_p=None, top_k=None)
-    ids = out[0, len(prompt_ids):].tolist()
-    stop = next((k for k, t in enumerate(ids) if t in hf.stop_ids), None)
-    return ids if stop is None else ids[:stop + 1]
+    with vllm_environment(tmp_path_factory):
+        sampler = make_sampler(SamplingConfig(backend="vllm", max_model_len=512), str(smollm2_path),
+                               ModelConfig(name=SMOLLM2_NAME, dtype="float32"))
+        yield sampler
+        sampler.close()
 
 
 @pytest.mark.slow
@@ -223,7 +183,7 @@ def test_vllm_greedy_equals_transformers_token_for_token(vllm_sampler, hf_sample
     got = vllm_sampler.generate(prompts, GREEDY)
     vllm_ids = [outs[0] for outs in vllm_sampler.last_output_token_ids]
     assert vllm_sampler.last_prompt_token_ids == vllm_sampler.encode(prompts)
-    want = [_hf_greedy_ids(hf_sampler, ids, GREEDY.max_new_tokens)
+    want = [hf_greedy_ids(hf_sampler, ids, GREEDY.max_new_tokens)
             for ids in vllm_sampler.last_prompt_token_ids]
     assert vllm_ids == want                                          # token for token
     assert got == hf_sampler.generate(prompts, GREEDY)               # same Completions (batched)

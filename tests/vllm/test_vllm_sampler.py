@@ -12,10 +12,9 @@ torchvision/torchaudio/torchcodec first (see docs/sampling.md).
 from __future__ import annotations
 
 import importlib.util
-import os
-import tempfile
 
 import pytest
+from vllm_env import hf_greedy_ids, vllm_environment
 
 from sso.generation.chat import encode_prompt, render_prompt
 from sso.generation.sampling import GenerationParams
@@ -61,39 +60,14 @@ def lora_adapter(tiny_model_path, tmp_path_factory):
 @pytest.fixture(scope="session")
 def vllm_sampler(tiny_model_path, lora_adapter, tmp_path_factory):
     """The session's only vLLM engine (float32, LoRA enabled)."""
-    scratch = os.environ.get("SSO_VLLM_TMPDIR") or str(tmp_path_factory.mktemp("vllm-tmp"))
-    saved = {k: os.environ.get(k) for k in ("TMPDIR", "VLLM_CPU_KVCACHE_SPACE",
-                                            "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK")}
-    os.environ.update(TMPDIR=scratch, VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    tempfile.tempdir = None   # re-read TMPDIR
-    try:
-        import vllm  # noqa: F401
-    except Exception as exc:   # e.g. CUDA-built torchvision beside a CPU torch
-        pytest.skip(f"vllm is installed but cannot be imported: {type(exc).__name__}: {exc}")
     from sso.config import ModelConfig
     from sso.generation.vllm_sampler import VLLMSampler
 
-    sampler = VLLMSampler(tiny_model_path, model_cfg=ModelConfig(dtype="float32"),
-                          adapter=lora_adapter, engine={"max_model_len": 512})
-    yield sampler
-    sampler.close()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    tempfile.tempdir = None
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with vllm_environment(tmp_path_factory):
+        sampler = VLLMSampler(tiny_model_path, model_cfg=ModelConfig(dtype="float32"),
+                              adapter=lora_adapter, engine={"max_model_len": 512})
+        yield sampler
+        sampler.close()
 
 
 @pytest.fixture(scope="module")
@@ -115,22 +89,6 @@ def hf_lora(tiny_model_path, lora_adapter, one_thread):
     sampler.close()
 
 
-def _hf_greedy_ids(hf, prompt_ids: list[int], max_new: int) -> list[int]:
-    """Greedy ids from ``model.generate`` on one unpadded prompt, cut after the first stop id."""
-    import torch
-
-    with torch.no_grad():
-        out = hf.model.generate(input_ids=torch.tensor([prompt_ids]), do_sample=False,
-                                max_new_tokens=max_new, eos_token_id=hf.stop_ids,
-                                pad_token_id=hf.tokenizer.pad_token_id, temperature=None,
-                                top_p=None, top_k=None)
-    ids = out[0, len(prompt_ids):].tolist()
-    for k, t in enumerate(ids):
-        if t in hf.stop_ids:
-            return ids[:k + 1]
-    return ids
-
-
 def _vllm_ids(vs) -> list[list[int]]:
     return [outs[0] for outs in vs.last_output_token_ids]
 
@@ -143,7 +101,7 @@ def test_greedy_equals_transformers_token_for_token(vllm_sampler, hf_base, hf_lo
     prompts = _prompts(vllm_sampler.tokenizer)
     got = vllm_sampler.generate(prompts, GREEDY, use_adapter=use_adapter)
     vllm_ids = _vllm_ids(vllm_sampler)
-    want_ids = [_hf_greedy_ids(hf, ids, GREEDY.max_new_tokens) for ids in hf._encode(prompts)]
+    want_ids = [hf_greedy_ids(hf, ids, GREEDY.max_new_tokens) for ids in hf._encode(prompts)]
     assert vllm_ids == want_ids                                   # token for token
     assert got == hf.generate(prompts, GREEDY)                    # same Completions (batched path)
     assert all(len(c) == 1 and c[0].n_tokens > 0 for c in got)
