@@ -55,7 +55,7 @@ def _toml_value(v):
 
 def _config(judge_url: str) -> str:
     lines = [
-        "[model]", 'name = "sso-tiny"', 'device = "cpu"', "max_length = 192",
+        "[model]", 'name = "sso-tiny"', 'device = "cpu"', "max_length = 384",   # catalogue prompts are ~310 tokens; never cut
         "[data]", "n_queries = 4", "n_eval = 2",
         "[sampling]", 'backend = "transformers"', "max_new_tokens = 8", "batch_size = 16",
         "shards = 2",
