@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, pip):
 #   make demo   create .venv, install sso-flow, run the flow on the real SmolLM2-135M-Instruct
-#               (configs/smollm2-cpu.toml: CPU, offline, about 15-25 minutes on 2 cores)
+#               (configs/smollm2-cpu.toml: CPU, offline, about 11 minutes on 2 cores)
 #   make tiny   the same pipeline on the 2M-parameter random test model (a few minutes)
 #   make test   create .venv, install sso-flow with test extras, run the whole test suite
 # Either order works; each target installs what it needs (stamp files make re-runs cheap).
