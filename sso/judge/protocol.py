@@ -33,7 +33,7 @@ log = logging.getLogger("sso.judge")
 KINDS = ("win_rate", "accuracy")
 ROLES = {"win_rate": ("arm", "base"), "accuracy": ("chosen", "rejected")}
 OUTCOMES = ("win", "loss", "tie", "unparsable", "failed")
-_SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+SCORES = {"win": 1.0, "tie": 0.5, "loss": 0.0}   # a pair outcome as a preference score
 
 
 @dataclass(frozen=True)
@@ -289,12 +289,29 @@ def bootstrap_ci(outcomes: list[str], *, seed: int, n_boot: int = 2000,
     """Seeded percentile bootstrap CI of the tie-as-half rate (resampling scored pairs)."""
     import numpy as np
 
-    scores = np.array([_SCORE[o] for o in outcomes if o in _SCORE], dtype=float)
+    scores = np.array([SCORES[o] for o in outcomes if o in SCORES], dtype=float)
     if scores.size == 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, scores.size, size=(n_boot, scores.size))
-    means = scores[idx].mean(axis=1)
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
+    low, high = compute_bootstrap_ci(scores.size, lambda idx: scores[idx].mean(axis=1), seed=seed,
+                                     n_boot=n_boot, level=level)
     return float(low), float(high)
+
+
+def compute_bootstrap_ci(n: int, statistic: Callable[[Any], Any], *, seed: int,
+                         n_boot: int = 2000, level: float = 0.95):
+    """Percentile CI of ``statistic`` over ``n_boot`` resamples of ``n`` items with replacement.
+
+    ``statistic`` maps an index matrix of shape (n_boot, n) to values of shape (n_boot,) or
+    (n_boot, k); returns [low, high] of shape (2,) or (2, k). The one resampling scheme of the
+    judge's CIs (:func:`bootstrap_ci`, the LC win rate, the paired differences).
+    """
+    import numpy as np
+
+    if n < 1 or n_boot < 1 or not 0.0 < level < 1.0:
+        raise ValueError(f"bootstrap needs n >= 1, n_boot >= 1 and 0 < level < 1; got n={n}, "
+                         f"n_boot={n_boot}, level={level}")
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    tail = (1.0 - level) / 2.0
+    return np.quantile(statistic(idx), [tail, 1.0 - tail], axis=0)
+
+

@@ -37,11 +37,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sso.judge.protocol import bootstrap_ci, compute_pair_outcomes, compute_rate
+from sso.judge.protocol import SCORES, bootstrap_ci, compute_bootstrap_ci, compute_pair_outcomes, compute_rate
 
 JUDGMENT_COLUMNS = ("kind", "pair_index", "query_id", "order", "preferred")
 ANSWER_COLUMNS = ("query_id", "answer")
-SCORES = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 MIN_PAIRS = 3          # fewer scored pairs than this: no LC fit
 DEFAULT_L2 = 0.1       # ridge on (b0, b1): a N(0, 10) prior; keeps separable data finite
 MAX_STEP = 5.0         # largest Newton step per coefficient, in logits
@@ -124,22 +123,6 @@ def fit_length_logit(x: np.ndarray, y: np.ndarray, weights: np.ndarray, *, l2: f
         if size.max() < tol:
             return beta, True
     return beta, False
-
-
-def compute_bootstrap_ci(n: int, statistic: Callable[[np.ndarray], np.ndarray], *, seed: int,
-                         n_boot: int = 2000, level: float = 0.95) -> np.ndarray:
-    """Percentile CI of ``statistic`` over ``n_boot`` resamples of ``n`` items with replacement.
-
-    ``statistic`` maps an index matrix of shape (n_boot, n) to values of shape (n_boot,) or
-    (n_boot, k); returns [low, high] of shape (2,) or (2, k). Indices are drawn as in
-    :func:`sso.judge.protocol.bootstrap_ci`.
-    """
-    if n < 1 or n_boot < 1 or not 0.0 < level < 1.0:
-        raise ValueError(f"bootstrap needs n >= 1, n_boot >= 1 and 0 < level < 1; got n={n}, "
-                         f"n_boot={n_boot}, level={level}")
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    tail = (1.0 - level) / 2.0
-    return np.quantile(statistic(idx), [tail, 1.0 - tail], axis=0)
 
 
 def _counts(idx: np.ndarray, n: int) -> np.ndarray:

@@ -193,7 +193,7 @@ def test_step_sampling_is_the_same_with_either_engine(vllm_sampler, hf_base):
     """sample_principled (the step's sampling call) gives the same frame on both engines."""
     import pandas as pd
 
-    from steps.sample_responses import sample_principled
+    from sso.generation.records import sample_principled
 
     rows = pd.DataFrame({"query_id": ["a", "b", "c"], "prompt": QUERIES[:3],
                          "good_principle": [PRINCIPLE] * 3,
