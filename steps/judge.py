@@ -45,8 +45,7 @@ import logging
 import pandas as pd
 
 from sso.config import SSOConfig
-from sso.judge.backends import make_budget_guard, make_judge_backend
-from sso.judge.cache import JudgeCache
+from sso.judge.backends import judge_with_config, make_judge_backend
 from sso.judge.metrics import compute_judge_metrics, length_controlled, rule_metrics, summarize_usage
 from sso.judge.pairs import (
     ANSWER_COLUMNS,
@@ -55,7 +54,7 @@ from sso.judge.pairs import (
     check_columns,
     sample_train_pairs,
 )
-from sso.judge.protocol import build_requests, compute_pair_outcomes, run_judgments
+from sso.judge.protocol import build_requests, compute_pair_outcomes
 
 log = logging.getLogger("sso.judge")
 
@@ -81,10 +80,7 @@ def judge(arm: str, answers: pd.DataFrame, base_answers: pd.DataFrame, train_pai
 
     what = f"judge[{arm}]"
     backend = make_judge_backend(cfg)
-    rows, usage = run_judgments(requests, backend, JudgeCache(cfg.judge.cache_dir or None),
-                                progress=progress, desc=what,
-                                before_start=make_budget_guard(cfg.judge, what),
-                                max_failed_fraction=cfg.judge.max_failed_fraction)
+    rows, usage = judge_with_config(requests, backend, cfg, what, progress=progress)
     pairs = compute_pair_outcomes(rows)
     judgments = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
     metrics = {**compute_judge_metrics(pairs, eval_pairs, seed=cfg.run.seed, accuracy_n=len(acc_pairs)),

@@ -13,10 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from sso.judge.backends import make_budget_guard, make_judge_backend
-from sso.judge.cache import JudgeCache
+from sso.judge.backends import judge_with_config, make_judge_backend
 from sso.judge.pairs import build_eval_pairs
-from sso.judge.protocol import build_requests, run_judgments
+from sso.judge.protocol import build_requests
 from sso.judge.stats import head_to_head, win_rate_difference
 
 H2H_KEYS = ("h2h_vs_sso", "h2h_vs_sso_ci_low", "h2h_vs_sso_ci_high", "win_rate_diff_vs_sso",
@@ -34,15 +33,13 @@ def judge_against_reference(answers: dict[str, pd.DataFrame], judgments: dict[st
     """
     if reference not in answers:
         return {}, pd.DataFrame()
-    backend, cache = None, JudgeCache(cfg.judge.cache_dir or None)
+    backend = None
     metrics, tables = {}, []
     for arm in [a for a in answers if a != reference]:
         backend = backend or make_judge_backend(cfg)
         what = f"head-to-head[{arm} vs {reference}]"
         requests = build_requests("win_rate", build_eval_pairs(answers[arm], answers[reference]))
-        rows, _ = run_judgments(requests, backend, cache, progress=progress, desc=what,
-                                before_start=make_budget_guard(cfg.judge, what),
-                                max_failed_fraction=cfg.judge.max_failed_fraction)
+        rows, _ = judge_with_config(requests, backend, cfg, what, progress=progress)
         table = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
         metrics[arm] = summarize(table, judgments[arm], judgments[reference], seed=cfg.run.seed)
         tables.append(table.assign(arm=arm, reference=reference))
