@@ -7,10 +7,10 @@
 
 Steps:
     start                 validate the config, resolve the base model, record versions
-    load_queries          queries / eval_queries (+ counts of what was skipped and why)
-    generate_principles   one good/bad principle pair per query
-    sample_responses      [foreach shard] y+ | x+, y- | x-, y_o | x from the initial policy; base answers
-    join_samples          sso_triples, pbaa_pairs, base_answers, sampling_report
+    load_queries          queries / eval_queries (+ counts of what was skipped and why); shard plan
+    generate_principles   [foreach shard] one good/bad principle pair per query (cached in the datastore)
+    sample_responses      [same shard] y+ | x+, y- | x-, y_o | x from the initial policy; base answers
+    join_samples          principles, sso_triples, pbaa_pairs, base_answers, sampling_report
     train_generator       the SSO data generator (LoRA, SSO loss)
     generate_preferences  [foreach shard] y+ | x+, y- | x- from the generator
     join_preferences      sso_pairs (prompt, chosen, rejected)
@@ -39,6 +39,7 @@ if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_
 from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, package_sources, retry, step
 from sso_decorators import (  # config-driven @resources/@timeout/@secrets; checkpoints in the datastore
     compute, compute_defaults, datastore_checkpoints, secrets_from_config)
+from sso_store import shared_store  # caches (judge answers, principle replies) in the flow's datastore
 import sso_cards  # noqa: E402  (flows/sso_cards.py: sso.report.cards specs -> card components, live training card)
 
 # Make `sso` and `steps` importable when the flow runs from a source checkout (locally, and on
@@ -146,28 +147,31 @@ class SSOFlow(FlowSpec):
     @compute(resources=cfg.resources.default)
     @step
     def load_queries(self):
-        """Queries and eval queries, with counts of everything skipped."""
+        """Queries and eval queries, with counts of everything skipped; the shard plan."""
+        from sso.generation.shards import plan_shards
         from steps.load_queries import load_queries
 
         self.queries, self.eval_queries, self.query_report = load_queries(self.conf.data, seed=self.conf.run.seed)
         print(f"queries: {self.query_report['summary']}")
-        self.next(self.generate_principles)
+        s = self.conf.sampling
+        self.query_shards = plan_shards(self.queries, self.eval_queries, s.shards, shard_size=s.shard_size)
+        self.next(self.generate_principles, foreach="query_shards")
 
+    @retry(times=1, minutes_between_retries=0)
+    @compute(resources=cfg.resources.principles)
     @step
     def generate_principles(self):
-        """One good/bad principle pair per train query; the shards that carry them to sampling."""
-        from sso.data.principles import principles_report
-        from sso.generation.shards import plan_shards
+        """[foreach shard] A good/bad principle pair per train query of the shard (model-written
+        ones through the principle cache in the datastore); the shard's records for sampling."""
+        from sso.generation.shards import fill_shard, select_rows
         from steps.generate_principles import generate_principles
 
-        self.principles = generate_principles(self.queries, self.conf, model_path=self.model_path)
-        self.principles_report = principles_report(self.principles)
-        print(f"principles: {self.principles_report}")
-        s = self.conf.sampling
-        self.shards = plan_shards(self.queries, self.eval_queries, s.shards, shard_size=s.shard_size,
-                                  principles=self.principles, tokenizer=self.tokenizer(),
-                                  placement=self.conf.principles.placement)
-        self.next(self.sample_responses, foreach="shards")
+        queries = select_rows(self.queries, self.input["query_ids"])
+        self.shard_principles = generate_principles(queries, self.conf, model_path=self.model_path,
+                                                    store=shared_store(self, "principles"))
+        self.shard = fill_shard(self.input, self.queries, self.eval_queries, self.shard_principles,
+                                tokenizer=self.tokenizer(), placement=self.conf.principles.placement)
+        self.next(self.sample_responses)
 
     @retry(times=1, minutes_between_retries=0)
     @compute(resources=cfg.resources.sample)
@@ -176,25 +180,24 @@ class SSOFlow(FlowSpec):
         """y+ | x+, y- | x-, y_o | x from the initial policy for one shard; base answers."""
         from steps.sample_responses import sample_responses
 
-        self.shard = self.input
         self.shard_samples = sample_responses(self.shard, self.conf, self.model_path)
         self.next(self.join_samples)
 
     @card(type="blank", id="samples")
     @step
     def join_samples(self, inputs):
-        """Merge shards; drop and count degenerate records."""
+        """Merge shards (principles, shard records, samples); drop and count degenerate records."""
         from sso.report.cards import build_samples_card
         from steps.join_samples import join_samples
 
-        self.merge_artifacts(inputs, exclude=["shard", "shard_samples"])
-        out = join_samples([i.shard_samples for i in inputs], self.queries, capped=self.conf.sampling.capped)
-        self.sso_triples, self.pbaa_pairs = out["sso_triples"], out["pbaa_pairs"]
-        self.base_answers, self.sampling_report = out["base_answers"], out["report"]
-        print(f"sampling: {self.sampling_report}")
-        sso_cards.show(current.card["samples"], build_samples_card(
-            self.sampling_report, self.sso_triples, self.pbaa_pairs, self.principles,
-            self.query_report, self.principles_report))
+        self.merge_artifacts(inputs, exclude=["shard", "shard_samples", "shard_principles"])
+        out = join_samples([i.shard_samples for i in inputs], self.queries, capped=self.conf.sampling.capped,
+                           shard_principles=[i.shard_principles for i in inputs], shards=[i.shard for i in inputs])
+        for name in JOINED_SAMPLES:
+            setattr(self, name, out[name])
+        print(f"principles: {self.principles_report}\nsampling: {self.sampling_report}")
+        sso_cards.show(current.card["samples"], build_samples_card(self.sampling_report, self.sso_triples,
+                       self.pbaa_pairs, self.principles, self.query_report, self.principles_report))
         self.next(self.train_generator)
 
     @retry(times=1, minutes_between_retries=0)
@@ -277,7 +280,8 @@ class SSOFlow(FlowSpec):
         from sso.report.cards import build_judge_card
         from steps.judge import judge
 
-        out = judge(self.arm, self.answers, self.base_answers, self.arm_pairs(self.arm), self.conf)
+        out = judge(self.arm, self.answers, self.base_answers, self.arm_pairs(self.arm), self.conf,
+                    store=shared_store(self, "judge"))
         self.judgments, self.judge_metrics, self.judge_usage = out["judgments"], out["metrics"], out["usage"]
         print(f"judge[{self.arm}]: {self.judge_metrics}")
         sso_cards.show(current.card["judge"], build_judge_card(
@@ -296,7 +300,8 @@ class SSOFlow(FlowSpec):
         from steps.compare import compare
 
         self.merge_artifacts(inputs, exclude=PER_ARM)
-        out = compare([{a: getattr(i, a) for a in PER_ARM} for i in inputs], self.arms, self.conf)
+        out = compare([{a: getattr(i, a) for a in PER_ARM} for i in inputs], self.arms, self.conf,
+                      store=shared_store(self, "judge"))
         for name, value in out.items():
             setattr(self, name, value)
         sso_cards.show(current.card["compare"], build_compare_card(
@@ -318,6 +323,8 @@ class SSOFlow(FlowSpec):
         print(next_steps)
 
 
+JOINED_SAMPLES = ["principles", "principles_report", "shards", "sso_triples", "pbaa_pairs", "base_answers",
+                  "sampling_report"]
 PER_ARM = ["arm", "n_pairs", "policy_adapter", "policy_history", "policy_summary", "answers",
            "judgments", "judge_metrics", "judge_usage"]
 

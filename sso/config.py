@@ -172,7 +172,9 @@ class JudgeConfig:
     accuracy_pairs: int = 200          # preference-data accuracy sample size per arm
     max_failed_fraction: float = 0.0   # requests that may fail for good (listed, never scored);
                                        #   above it the step fails (what was answered stays cached)
-    cache_dir: str = ""                # empty = ~/.cache/sso-flow/judge
+    cache_dir: str = ""                # a local cache directory read before the flow's datastore
+                                       #   (which always caches); outside a flow empty means
+                                       #   ~/.cache/sso-flow/judge
     # Metaflow @secrets sources for the judge step (e.g. "aws-secrets-manager.sso/judge", whose JSON
     # holds {"OPENAI_API_KEY": "..."}): how the key reaches remote tasks. Empty = none (local runs
     # read the variable from the launching shell). Never put the key itself here.
@@ -199,6 +201,7 @@ class ResourcesConfig:
     sample: StepResources = field(default_factory=StepResources)
     train: StepResources = field(default_factory=StepResources)
     judge: StepResources = field(default_factory=StepResources)
+    principles: StepResources = field(default_factory=StepResources)   # absent = [resources.default]
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,10 @@ class SSOConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SSOConfig":
+        res = data.get("resources")
+        if isinstance(res, Mapping) and "principles" not in res and "default" in res:
+            # generate_principles ran on [resources.default] before it had its own table
+            data = {**data, "resources": {**res, "principles": res["default"]}}
         return build_table(cls, data, "")
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,7 +6,8 @@ Output: ``results`` (one row per arm, see :mod:`sso.report.results`), ``policy_a
 ``policy_histories``, ``policy_summaries`` (arm -> value), ``arm_answers`` and ``judgments`` (the
 arms' tables stacked, with an ``arm`` column) and ``h2h_judgments``: every other arm's answers
 judged directly against the ``sso`` arm's (both orders; :mod:`sso.judge.head_to_head`).
-Side effects: the head-to-head judge requests (same judge and cache as the judge step).
+Side effects: the head-to-head judge requests (same judge and cache as the judge step; ``store``:
+the flow's datastore tier of that cache).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from sso.judge.head_to_head import judge_against_reference
 from sso.report.results import build_results
 
 
-def compare(per_arm: list[dict], arm_order: list[str], cfg: SSOConfig, *, progress: bool = True) -> dict:
+def compare(per_arm: list[dict], arm_order: list[str], cfg: SSOConfig, *, progress: bool = True,
+            store=None) -> dict:
     h2h, h2h_judgments = judge_against_reference({a["arm"]: a["answers"] for a in per_arm},
                                                  {a["arm"]: a["judgments"] for a in per_arm}, cfg,
-                                                 progress=progress)
+                                                 progress=progress, store=store)
     results = build_results([{"arm": a["arm"], "n_pairs": a["n_pairs"], "train_summary": a["policy_summary"],
                               "metrics": {**a["judge_metrics"], **h2h.get(a["arm"], {})},
                               "usage": a["judge_usage"]} for a in per_arm], arm_order=arm_order)

@@ -7,19 +7,24 @@ Outputs: ``sso_triples`` (generator queries: query_id, prompt, good/bad principl
 y_o, their ``*_finished`` flags, and the rendered x_plus / x_minus / x_plain when carried),
 ``pbaa_pairs`` (all train queries: query_id, prompt, chosen = y+, rejected = y-, principles,
 ``chosen_finished`` / ``rejected_finished``, x_plain), ``base_answers`` (query_id, prompt, answer,
-...) and ``report`` (counts). A response that hit ``max_new_tokens`` is kept (scored without an
-end-of-turn token) or, with ``capped = "drop"``, drops its triple / pair; counted either way. Pure.
+...) and ``sampling_report`` (counts). A response that hit ``max_new_tokens`` is kept (scored without an
+end-of-turn token) or, with ``capped = "drop"``, drops its triple / pair; counted either way.
+With ``shard_principles`` (the principle shards of ``generate_principles``) also ``principles``
+(one table in query order, every query once) and ``principles_report``; with ``shards`` (the
+shard records) also ``shards`` in shard order. Pure.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
+from sso.data.principles import join_principles, principles_report
 from sso.generation.records import count_drops, drop_reasons, finished_columns, join_in_order, truncated_count
 from sso.generation.shards import principle_columns
 
 
-def join_samples(shard_results: list[dict], queries: pd.DataFrame, *, capped: str = "keep") -> dict:
+def join_samples(shard_results: list[dict], queries: pd.DataFrame, *, capped: str = "keep",
+                 shard_principles: list[pd.DataFrame] | None = None, shards: list[dict] | None = None) -> dict:
     table = join_in_order(queries, [r["samples"] for r in shard_results], "sampled")
     base = pd.concat([r["base_answers"] for r in shard_results], ignore_index=True)
     drop_capped = capped == "drop"
@@ -50,5 +55,11 @@ def join_samples(shard_results: list[dict], queries: pd.DataFrame, *, capped: st
         "pairs_capped": int(pair_capped.sum()),
         **counts,
     }
-    return {"sso_triples": triples.reset_index(drop=True), "pbaa_pairs": pairs.reset_index(drop=True),
-            "base_answers": base, "report": report}
+    out = {"sso_triples": triples.reset_index(drop=True), "pbaa_pairs": pairs.reset_index(drop=True),
+           "base_answers": base, "sampling_report": report}
+    if shards is not None:
+        out["shards"] = sorted(shards, key=lambda sh: sh["index"])
+    if shard_principles is not None:
+        out["principles"] = join_principles(shard_principles, queries)
+        out["principles_report"] = principles_report(out["principles"])
+    return out

@@ -30,7 +30,8 @@ The work is done by :mod:`sso.judge` (pairs, backends, protocol, metrics); this 
 the tables, calls it, and returns plain objects.
 
 Side effects
-    Reads and writes the judge cache (``[judge] cache_dir``); for ``backend = 'openai'`` makes
+    Reads and writes the judge cache: ``store`` (the flow passes its datastore, so retries and
+    resumed runs anywhere find every answer) and ``[judge] cache_dir`` when set; for ``backend = 'openai'`` makes
     HTTP requests, after checking the budget guard. Raises on an unreachable endpoint (judgments
     received until then stay cached, so a ``resume`` asks only the rest). With ``[judge]
     max_failed_fraction > 0`` up to that fraction of requests may fail for good: they are rows with
@@ -69,7 +70,7 @@ def rule_pool(pcfg) -> tuple[str, ...]:
 
 
 def judge(arm: str, answers: pd.DataFrame, base_answers: pd.DataFrame, train_pairs: pd.DataFrame,
-          cfg: SSOConfig, *, progress: bool = True) -> dict:
+          cfg: SSOConfig, *, progress: bool = True, store=None) -> dict:
     """Win rate of ``arm`` vs the base policy and accuracy of its training pairs (see module doc)."""
     check_columns(answers, "answers", ANSWER_COLUMNS)
     check_columns(base_answers, "base_answers", ANSWER_COLUMNS)
@@ -80,7 +81,7 @@ def judge(arm: str, answers: pd.DataFrame, base_answers: pd.DataFrame, train_pai
 
     what = f"judge[{arm}]"
     backend = make_judge_backend(cfg)
-    rows, usage = judge_with_config(requests, backend, cfg, what, progress=progress)
+    rows, usage = judge_with_config(requests, backend, cfg, what, progress=progress, store=store)
     pairs = compute_pair_outcomes(rows)
     judgments = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
     metrics = {**compute_judge_metrics(pairs, eval_pairs, seed=cfg.run.seed, accuracy_n=len(acc_pairs)),

@@ -365,6 +365,18 @@ def build_catalogue_principles(
     return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
 
 
+def join_principles(parts: list[pd.DataFrame], queries: pd.DataFrame) -> pd.DataFrame:
+    """The shards' principle tables as one, in the order of ``queries``; every query exactly once."""
+    table = pd.concat(parts, ignore_index=True)
+    ids = list(queries["query_id"])
+    dup = table["query_id"][table["query_id"].duplicated()].tolist()
+    missing = sorted(set(ids) - set(table["query_id"]), key=str)
+    if dup or missing or len(table) != len(ids):
+        raise ValueError(f"principle shards do not cover the queries once: duplicated {dup[:5]}, "
+                         f"missing {missing[:5]}, {len(table)} rows for {len(ids)} queries")
+    return table.set_index("query_id", drop=False).loc[ids].reset_index(drop=True)
+
+
 def principles_report(principles: pd.DataFrame) -> dict[str, Any]:
     """Counts by source and fallback reason (works for catalogue principles too)."""
     source = principles["source"] if "source" in principles else pd.Series(["catalogue"] * len(principles))

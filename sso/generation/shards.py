@@ -43,15 +43,22 @@ def plan_shards(queries: pd.DataFrame, eval_queries: pd.DataFrame | None, n_shar
     shards = [{"index": i, "query_ids": chunk(q_ids, i, n), "eval_ids": chunk(e_ids, i, n)} for i in range(n)]
     shards = [s for s in shards if s["query_ids"] or s["eval_ids"]]
     if principles is not None:
-        records = principled_records(queries, principles)
-        evals = eval_queries[["query_id", "prompt"]] if eval_queries is not None else pd.DataFrame(
-            {"query_id": [], "prompt": []}, dtype=str)
-        if tokenizer is not None:
-            records, evals = render_records(records, tokenizer, placement), render_records(evals, tokenizer, placement)
-        for s in shards:
-            s["rows"] = select_rows(records, s["query_ids"])
-            s["eval_rows"] = select_rows(evals, s["eval_ids"])
+        shards = [fill_shard(s, queries, eval_queries, principles, tokenizer=tokenizer, placement=placement)
+                  for s in shards]
     return shards
+
+
+def fill_shard(plan: dict, queries: pd.DataFrame, eval_queries: pd.DataFrame | None,
+               principles: pd.DataFrame, *, tokenizer=None, placement: str = "system") -> dict:
+    """A planned shard with its records: ``rows`` (its train queries with their principle pair,
+    which ``principles`` must hold) and ``eval_rows``; rendered prompts with a tokenizer."""
+    records = principled_records(select_rows(queries, plan["query_ids"]), principles)
+    evals = eval_queries[["query_id", "prompt"]] if eval_queries is not None else pd.DataFrame(
+        {"query_id": [], "prompt": []}, dtype=str)
+    evals = select_rows(evals, plan["eval_ids"])
+    if tokenizer is not None:
+        records, evals = render_records(records, tokenizer, placement), render_records(evals, tokenizer, placement)
+    return {**plan, "rows": records, "eval_rows": evals}
 
 
 def preference_shards(shards: list[dict]) -> list[dict]:

@@ -57,13 +57,15 @@ def make_budget_guard(jcfg: JudgeConfig, what: str
     return before_start
 
 
-def judge_with_config(requests: list, backend, cfg: SSOConfig, what: str, *, progress: bool = True
-                      ) -> tuple[list[dict], dict]:
-    """:func:`sso.judge.protocol.run_judgments` with what ``[judge]`` says: its cache directory,
-    the budget guard and ``max_failed_fraction``. Returns (judgment rows, usage)."""
+def judge_with_config(requests: list, backend, cfg: SSOConfig, what: str, *, progress: bool = True,
+                      store=None) -> tuple[list[dict], dict]:
+    """:func:`sso.judge.protocol.run_judgments` with what ``[judge]`` says: its cache (``store``, the
+    flow's datastore, plus ``cache_dir`` when set), the budget guard and ``max_failed_fraction``.
+    Returns (judgment rows, usage). Buffered cache writes are flushed also when it raises."""
     from sso.judge.cache import JudgeCache
     from sso.judge.protocol import run_judgments
 
-    return run_judgments(requests, backend, JudgeCache(cfg.judge.cache_dir or None), progress=progress,
-                         desc=what, before_start=make_budget_guard(cfg.judge, what),
-                         max_failed_fraction=cfg.judge.max_failed_fraction)
+    with JudgeCache(cfg.judge.cache_dir or None, shared=store) as cache:
+        return run_judgments(requests, backend, cache, progress=progress, desc=what,
+                             before_start=make_budget_guard(cfg.judge, what),
+                             max_failed_fraction=cfg.judge.max_failed_fraction)

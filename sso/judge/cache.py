@@ -9,12 +9,10 @@ What is stored is the judge's *raw* output (text, label log-probs, token counts)
 verdicts are re-derived by :mod:`sso.judge.parse` on every read, so a parser fix applies to cached
 judgments too. Failed requests are never stored.
 
-Storage: one small JSON file per key under ``<dir>/<key[:2]>/<key>.json``, written to a temporary
-file in the same directory and moved into place with ``os.replace`` (atomic on POSIX and Windows):
-any number of processes (foreach branches, a retried task, ``resume``) may read and write at once,
-a reader sees either nothing or a whole entry, and two writers of one key write identical content.
-A file that cannot be read as JSON (e.g. a disk filled up mid-write outside our atomic path) is
-treated as a miss and overwritten.
+Storage (:mod:`sso.cache`): inside the flow, the flow's datastore (local directory or S3), so a
+retried attempt on a new container or a ``resume`` on another machine asks 0 questions already
+answered; plus the local directory ``[judge] cache_dir`` when one is set (read first). Outside a
+flow (no shared store) the local directory defaults to ``~/.cache/sso-flow/judge``.
 """
 
 from __future__ import annotations
@@ -22,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
+
+from sso.cache import BlobStore, DirStore, JSONCache
 
 CACHE_SCHEMA = "sso-judge-cache-v1"
 
@@ -43,47 +41,18 @@ def default_judge_cache_dir() -> Path:
     return default_cache_dir() / "judge"
 
 
-class JudgeCache:
-    """``get(key) -> dict | None`` and ``put(key, record)`` over a directory of JSON files."""
+class JudgeCache(JSONCache):
+    """The judge's :class:`~sso.cache.JSONCache`: the local directory ``root`` (default
+    ``~/.cache/sso-flow/judge`` when there is no ``shared`` store, else none unless given), then
+    the ``shared`` store (the flow's datastore)."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root) if root else default_judge_cache_dir()
-
-    def __repr__(self) -> str:
-        return f"JudgeCache({str(self.root)!r})"
+    def __init__(self, root: str | os.PathLike | None = None, *, shared: BlobStore | None = None):
+        local = [DirStore(root or default_judge_cache_dir())] if root or shared is None else []
+        super().__init__(local + ([shared] if shared is not None else []))
+        self.root = local[0].root if local else None
 
     def path_for(self, key: str) -> Path:
-        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
-            raise ValueError(f"not a cache key: {key!r}")
-        return self.root / key[:2] / f"{key}.json"
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        try:
-            with open(self.path_for(key), encoding="utf-8") as fh:
-                record = json.load(fh)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except (OSError, ValueError):
-            return None
-        return record if isinstance(record, dict) else None
-
-    def put(self, key: str, record: dict[str, Any]) -> None:
-        path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(record, ensure_ascii=False, sort_keys=True).encode("utf-8")
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self.root.glob("??/*.json")) if self.root.exists() else 0
+        """The local file of a key (a cache with a local directory only)."""
+        if self.root is None:
+            raise ValueError("this judge cache has no local directory")
+        return DirStore(self.root).path_for(key)

@@ -23,12 +23,14 @@ H2H_KEYS = ("h2h_vs_sso", "h2h_vs_sso_ci_low", "h2h_vs_sso_ci_high", "win_rate_d
 
 
 def judge_against_reference(answers: dict[str, pd.DataFrame], judgments: dict[str, pd.DataFrame], cfg, *,
-                            reference: str = "sso", progress: bool = True) -> tuple[dict[str, dict], pd.DataFrame]:
+                            reference: str = "sso", progress: bool = True, store=None
+                            ) -> tuple[dict[str, dict], pd.DataFrame]:
     """For every arm but ``reference``: its preference over the reference arm (both orders, with
     a bootstrap CI over queries) and its win rate vs base minus the reference's (paired CI).
 
     ``answers``: arm -> (query_id, prompt, answer) on the eval queries; ``judgments``: arm -> that
-    arm's judge-step judgments vs base. Returns ({arm: metrics with :data:`H2H_KEYS`}, the
+    arm's judge-step judgments vs base; ``store``: the shared judge cache (the flow's datastore,
+    as in the judge step). Returns ({arm: metrics with :data:`H2H_KEYS`}, the
     head-to-head judgments with an ``arm`` column). Without the reference arm: ({}, empty).
     """
     if reference not in answers:
@@ -39,7 +41,7 @@ def judge_against_reference(answers: dict[str, pd.DataFrame], judgments: dict[st
         backend = backend or make_judge_backend(cfg)
         what = f"head-to-head[{arm} vs {reference}]"
         requests = build_requests("win_rate", build_eval_pairs(answers[arm], answers[reference]))
-        rows, _ = judge_with_config(requests, backend, cfg, what, progress=progress)
+        rows, _ = judge_with_config(requests, backend, cfg, what, progress=progress, store=store)
         table = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
         metrics[arm] = summarize(table, judgments[arm], judgments[reference], seed=cfg.run.seed)
         tables.append(table.assign(arm=arm, reference=reference))

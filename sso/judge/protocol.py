@@ -100,18 +100,11 @@ class JudgeBackend(_Protocol):
 def split_cached(requests: list[JudgeRequest], judge_id: str, cache: JudgeCache
                  ) -> tuple[dict[str, dict], dict[str, JudgeParts]]:
     """(cached records by key, the parts of the distinct keys still to ask)."""
-    cached: dict[str, dict] = {}
-    todo: dict[str, JudgeParts] = {}
+    parts = {}
     for req in requests:
-        key = req.cache_key(judge_id)
-        if key in cached or key in todo:
-            continue
-        record = cache.get(key)
-        if record is not None:
-            cached[key] = record
-        else:
-            todo[key] = req.parts
-    return cached, todo
+        parts.setdefault(req.cache_key(judge_id), req.parts)
+    cached = cache.get_many(list(parts))          # one batched read (the datastore may be S3)
+    return cached, {k: p for k, p in parts.items() if k not in cached}
 
 
 def run_judgments(requests: list[JudgeRequest], backend: JudgeBackend, cache: JudgeCache, *,

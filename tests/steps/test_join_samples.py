@@ -53,7 +53,7 @@ def test_join_drops_and_counts_every_reason_in_query_order():
         _shard(q, ["q3", "q4", "q5"], ["", "p4", "p5"], ["m3", "m4", "p5"], ["o3", "o4", None]),
     ]
     out = join_samples(shards, q)
-    rep = out["report"]
+    rep = out["sampling_report"]
     assert list(out["sso_triples"].query_id) == ["q0", "q4"]
     assert list(out["pbaa_pairs"].query_id) == ["q0", "q2", "q4"]
     assert rep["triples_dropped_y_plus_equals_y_minus"] == 1
@@ -96,11 +96,11 @@ def test_capped_responses_are_kept_unfinished_or_dropped_and_counted():
     kept = join_samples([shard], q)
     assert list(kept["pbaa_pairs"]["rejected_finished"]) == [True, False, True, True]
     assert list(kept["sso_triples"]["y_o_finished"]) == [True, True, False, True]
-    assert kept["report"]["pairs_capped"] == 1 and kept["report"]["triples_capped"] == 2
+    assert kept["sampling_report"]["pairs_capped"] == 1 and kept["sampling_report"]["triples_capped"] == 2
     dropped = join_samples([shard], q, capped="drop")
     assert list(dropped["pbaa_pairs"]["query_id"]) == ["q0", "q2", "q3"]
     assert list(dropped["sso_triples"]["query_id"]) == ["q0", "q3"]
-    assert dropped["report"]["pairs_dropped_capped"] == 1 and dropped["report"]["triples_dropped_capped"] == 2
+    assert dropped["sampling_report"]["pairs_dropped_capped"] == 1 and dropped["sampling_report"]["triples_dropped_capped"] == 2
 
 
 @pytest.mark.parametrize("n_q, n_e, n_shards, sizes", [

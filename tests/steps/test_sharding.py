@@ -63,11 +63,11 @@ def test_three_shards_equal_one_shard_for_greedy_sampling(setup):
     pd.testing.assert_frame_equal(one["base_answers"], three["base_answers"])
     assert list(one["pbaa_pairs"]["query_id"]) == [
         q for q in setup[1]["query_id"] if q in set(one["pbaa_pairs"]["query_id"])]
-    assert {**one["report"], "n_shards": 0} == {**three["report"], "n_shards": 0}
-    assert one["report"]["n_shards"] == 1 and three["report"]["n_shards"] == 3
-    assert one["report"]["n_train_queries"] == N_QUERIES
-    assert one["report"]["n_generator_queries"] == N_GEN
-    assert one["report"]["n_base_answers"] == N_EVAL
+    assert {**one["sampling_report"], "n_shards": 0} == {**three["sampling_report"], "n_shards": 0}
+    assert one["sampling_report"]["n_shards"] == 1 and three["sampling_report"]["n_shards"] == 3
+    assert one["sampling_report"]["n_train_queries"] == N_QUERIES
+    assert one["sampling_report"]["n_generator_queries"] == N_GEN
+    assert one["sampling_report"]["n_base_answers"] == N_EVAL
 
 
 def test_join_restores_query_order_whatever_the_shard_order(setup):
