@@ -26,7 +26,9 @@ case the step raises before its body runs (how the tests exercise ``@retry`` and
 
 ``@datastore_checkpoints`` on a training step gives it a checkpoint directory
 (``os.environ["SSO_CHECKPOINT_DIR"]``) that a retried attempt finds again, also when the retry runs
-in a new container: with the S3 datastore the newest checkpoint is copied to S3 while training.
+in a new container (with the S3 datastore the newest checkpoint is copied to S3 while training),
+and on ``resume`` the origin run's directories of the same step, where the trainer finds the
+failed run's last checkpoint when its fingerprint matches.
 
 ``@secrets_from_config(judge=cfg.judge)`` adds Metaflow's ``@secrets(sources=[judge.secrets],
 role=judge.secrets_role)`` when ``[judge] secrets`` is non-empty: the remote task fetches the API key
@@ -123,31 +125,60 @@ def failure_point(step_name, flow, inputs=None, attributes=None):
     yield
 
 
+KILL_ENV = "SSO_KILL_AFTER_CHECKPOINT"   # test hook: "<step>:<k>", a machine lost after checkpoint k
+
+
+def kill_hook(step_name: str, on_log):
+    """``on_log`` for the trainer, which, when ``$SSO_KILL_AFTER_CHECKPOINT`` is ``<step>:<k>`` for
+    this step, SIGKILLs the local Metaflow runtime and this task at the first logged optimizer step
+    after ``k`` (with ``checkpoint_every`` dividing ``k`` and ``log_every = 1``, checkpoint ``k``
+    is on disk): a lost machine, no retry, no cleanup; the run can only be continued by ``resume``.
+    Anything else: ``on_log`` unchanged."""
+    import signal
+
+    target, _, k = os.environ.get(KILL_ENV, "").partition(":")
+    if target != step_name or not k.isdigit():
+        return on_log
+
+    def log_or_die(row):
+        if row["step"] > int(k):
+            print(f"{KILL_ENV}={target}:{k}: killing the runtime and the task at step {row['step']}", flush=True)
+            os.kill(os.getppid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
+        on_log(row)
+
+    return log_or_die
+
+
 # ----------------------------------------------------------------------------------------------
-# Training checkpoints that survive a retried attempt on another machine
+# Training checkpoints that survive a retried attempt on another machine, and a resumed run
 # ----------------------------------------------------------------------------------------------
 
 CHECKPOINT_ENV = "SSO_CHECKPOINT_DIR"
+ORIGINS_ENV = "SSO_CHECKPOINT_ORIGINS"   # the origin run's checkpoint roots on resume (os.pathsep-separated)
 _DONE = ".done"
 
 
 @user_step_decorator
 def datastore_checkpoints(step_name, flow, inputs=None, attributes=None):
-    """``@datastore_checkpoints``: a checkpoint directory that outlives the attempt.
+    """``@datastore_checkpoints``: checkpoints that outlive the attempt and the run.
 
-    The step finds the directory in ``os.environ["SSO_CHECKPOINT_DIR"]`` and hands it to the
-    trainer (``checkpoint_dir=``). The trainer writes ``step-NNNNNNNN/`` sub-directories
-    atomically; what happens to them depends on the datastore:
+    The step finds its checkpoint root in ``os.environ["SSO_CHECKPOINT_DIR"]`` and, on ``resume``,
+    the origin run's roots of the same step in ``os.environ["SSO_CHECKPOINT_ORIGINS"]``
+    (``os.pathsep``-separated), and hands both to the trainer (``checkpoint_dir=``,
+    ``resume_dirs=``). The trainer writes ``<fingerprint>/step-NNNNNNNN/`` sub-directories
+    atomically and resumes from the newest one whose fingerprint (data, config, seed) is its own.
+    What happens to them depends on the datastore:
 
-    - local datastore: the directory is ``<tmp>/sso-checkpoints/<flow>/<run>/<step>/<task>``, the
-      same for every attempt of the task, so a retried attempt (same machine) finds it;
+    - local datastore: the root is ``<tmp>/sso-checkpoints/<flow>/<run>/<step>/<task>``, the same
+      for every attempt of the task, so a retried attempt finds it; the origin roots of a resumed
+      run are the origin run's ``<step>/*`` directories (a failed run's are never removed);
     - S3 datastore (``--with batch`` / ``--with kubernetes`` / Step Functions / Argo, where a retry
-      is a new container): the directory is a fresh scratch directory, the newest complete
-      checkpoint is copied to ``<METAFLOW_DATATOOLS_S3ROOT>/<flow>/<run>/sso-checkpoints/<step>/
-      <task>/`` every ``interval`` seconds (default 60) and when the step ends (success or
-      failure), and a retried attempt starts by downloading the newest one.
-
-    ``resume`` starts a new run, hence fresh checkpoints (as metaflow-checkpoint's default).
+      is a new container): the root is a fresh scratch directory, the newest complete checkpoint
+      of each fingerprint is copied to ``<METAFLOW_DATATOOLS_S3ROOT>/<flow>/<run>/sso-checkpoints/
+      <step>/<task>/`` every ``interval`` seconds (default 60) and when the step ends (success or
+      failure); a retried attempt starts by downloading the newest ones, and a resumed run
+      downloads the origin run's (``<origin run>/sso-checkpoints/<step>/``) into a scratch directory.
     """
     import os
     import shutil
@@ -157,32 +188,63 @@ def datastore_checkpoints(step_name, flow, inputs=None, attributes=None):
     from metaflow.metaflow_config import DATATOOLS_S3ROOT
 
     interval = float((attributes or {}).get("interval", 60))
-    parts = (current.flow_name, str(current.run_id), step_name, str(current.task_id))
+    flow_name, run_id, origin = current.flow_name, str(current.run_id), current.origin_run_id
     ds_type = getattr(getattr(flow, "_datastore", None), "TYPE", "local")
+    scratch = []
     if ds_type == "s3" and DATATOOLS_S3ROOT:
+        base = "/".join([DATATOOLS_S3ROOT.rstrip("/"), flow_name])
         local = tempfile.mkdtemp(prefix=f"sso-ckpt-{step_name}-")
-        remote = "/".join([DATATOOLS_S3ROOT.rstrip("/"), parts[0], parts[1], "sso-checkpoints", *parts[2:]]) + "/"
-        restored = _restore_checkpoint(remote, local)
+        remote = f"{base}/{run_id}/sso-checkpoints/{step_name}/{current.task_id}/"
+        restored = _restore_checkpoints(remote, local)
         print(f"@datastore_checkpoints: {remote} -> {local}" + (f" (restored {restored})" if restored else ""))
+        origins = []
+        if origin and str(origin) != run_id:
+            origin_local = tempfile.mkdtemp(prefix=f"sso-ckpt-origin-{step_name}-")
+            found = _restore_checkpoints(f"{base}/{origin}/sso-checkpoints/{step_name}/", origin_local)
+            origins = _task_roots(origin_local)
+            scratch.append(origin_local)
+            print(f"@datastore_checkpoints: origin run {origin}: {found or 'no checkpoints'}")
         uploader = _CheckpointUploader(remote, local, interval)
         uploader.start()
     else:
-        local = os.path.join(tempfile.gettempdir(), "sso-checkpoints", *parts)
+        root = os.path.join(tempfile.gettempdir(), "sso-checkpoints", flow_name)
+        local = os.path.join(root, run_id, step_name, str(current.task_id))
         os.makedirs(local, exist_ok=True)
+        origins = _task_roots(os.path.join(root, str(origin), step_name)) if origin and str(origin) != run_id else []
         uploader = None
     os.environ[CHECKPOINT_ENV] = local
+    os.environ[ORIGINS_ENV] = os.pathsep.join(origins)
     ok = False
     try:
         yield
         ok = True
     finally:
         os.environ.pop(CHECKPOINT_ENV, None)
+        os.environ.pop(ORIGINS_ENV, None)
+        for path in scratch:
+            shutil.rmtree(path, ignore_errors=True)
         if uploader is not None:
             uploader.stop()
             uploader.upload_newest()
             shutil.rmtree(local, ignore_errors=True)
         elif ok:
             _remove_local_checkpoints(local)
+
+
+def checkpoint_dirs() -> tuple[str | None, list[str]]:
+    """(this task's checkpoint root, the origin run's roots) as ``@datastore_checkpoints`` set them."""
+    origins = os.environ.get(ORIGINS_ENV, "")
+    return os.environ.get(CHECKPOINT_ENV), [p for p in origins.split(os.pathsep) if p]
+
+
+def _task_roots(step_dir: str) -> list[str]:
+    """The per-task checkpoint roots under one step's directory (any task of that step)."""
+    import os
+
+    if not os.path.isdir(step_dir):
+        return []
+    return sorted(os.path.join(step_dir, d) for d in os.listdir(step_dir)
+                  if not d.startswith(".") and os.path.isdir(os.path.join(step_dir, d)))
 
 
 def _remove_local_checkpoints(local: str) -> None:
@@ -202,35 +264,48 @@ def _remove_local_checkpoints(local: str) -> None:
         parent = os.path.dirname(parent)
 
 
-def _complete_checkpoints(local: str) -> list[str]:
-    """Names of the finished checkpoint directories under ``local``, oldest first."""
+def _newest_checkpoints(local: str) -> list[str]:
+    """The newest complete ``step-*`` directory of each group under ``local`` (relative paths:
+    ``step-N`` directly below, or ``<fingerprint>/step-N``, ``<task>/<fingerprint>/step-N``)."""
     import os
 
-    return sorted(name for name in os.listdir(local)
-                  if not name.startswith(".") and os.path.isdir(os.path.join(local, name)))
+    newest: dict[str, str] = {}
+    for dirpath, dirnames, _files in os.walk(local):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for d in [d for d in dirnames if d.startswith("step-")]:
+            rel = os.path.relpath(os.path.join(dirpath, d), local)
+            group = os.path.dirname(rel)
+            if rel > newest.get(group, ""):
+                newest[group] = rel
+        dirnames[:] = [d for d in dirnames if not d.startswith("step-")]
+    return sorted(newest.values())
 
 
-def _restore_checkpoint(remote: str, local: str) -> str | None:
-    """Copy the newest checkpoint uploaded under ``remote`` into ``local``; its name or None."""
+def _restore_checkpoints(remote: str, local: str) -> list[str]:
+    """Copy the newest uploaded checkpoint of each group under ``remote`` into ``local``."""
     import os
+    import posixpath
     import shutil
     import tempfile
 
     from metaflow import S3
 
     with S3(s3root=remote, tmproot=tempfile.gettempdir()) as s3:
-        done = sorted(o.key[:-len(_DONE)] for o in s3.list_recursive() if o.key.endswith(_DONE))
-        if not done:
-            return None
-        for obj in s3.get_recursive([done[-1] + "/"]):     # keys relative to that prefix
-            target = os.path.join(local, done[-1], obj.key)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.copyfile(obj.path, target)
-    return done[-1]
+        done = [o.key[:-len(_DONE)] for o in s3.list_recursive() if o.key.endswith(_DONE)]
+        newest: dict[str, str] = {}
+        for name in done:
+            group = posixpath.dirname(name)
+            newest[group] = max(newest.get(group, ""), name)
+        for name in sorted(newest.values()):
+            for obj in s3.get_recursive([name + "/"]):     # keys relative to that prefix
+                target = os.path.join(local, *name.split("/"), obj.key)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copyfile(obj.path, target)
+    return sorted(newest.values())
 
 
 class _CheckpointUploader:
-    """Uploads the newest complete checkpoint directory, then writes its ``<name>.done`` marker."""
+    """Uploads the newest complete checkpoint directory of each group, then its ``.done`` marker."""
 
     def __init__(self, remote: str, local: str, interval: float):
         import threading
@@ -252,6 +327,11 @@ class _CheckpointUploader:
             self.upload_newest()
 
     def upload_newest(self):
+        for name in _newest_checkpoints(self.local):
+            if name not in self.uploaded:
+                self._upload(name)
+
+    def _upload(self, name: str) -> None:
         import io
         import os
         import tempfile
@@ -259,16 +339,12 @@ class _CheckpointUploader:
         from metaflow import S3
 
         try:
-            names = _complete_checkpoints(self.local)
-            if not names or names[-1] in self.uploaded:
-                return
-            name = names[-1]
             root = os.path.join(self.local, name)
-            files = [(os.path.relpath(os.path.join(d, f), self.local), os.path.join(d, f))
+            files = [(os.path.relpath(os.path.join(d, f), self.local).replace(os.sep, "/"), os.path.join(d, f))
                      for d, _dirs, fs in os.walk(root) for f in fs]
             with S3(s3root=self.remote, tmproot=tempfile.gettempdir()) as s3:
                 s3.put_files(files)
-                s3.put(name + _DONE, io.BytesIO(b""))
+                s3.put(name.replace(os.sep, "/") + _DONE, io.BytesIO(b""))
             self.uploaded.add(name)
         except (FileNotFoundError, OSError) as exc:
             # The trainer replaced the checkpoint while it was being copied: the next one will do.

@@ -38,7 +38,7 @@ if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_
 
 from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, package_sources, retry, step
 from sso_decorators import (  # config-driven @resources/@timeout/@secrets; checkpoints in the datastore
-    compute, compute_defaults, datastore_checkpoints, secrets_from_config)
+    checkpoint_dirs, compute, compute_defaults, datastore_checkpoints, kill_hook, secrets_from_config)
 from sso_store import shared_store  # caches (judge answers, principle replies) in the flow's datastore
 import sso_cards  # noqa: E402  (flows/sso_cards.py: sso.report.cards specs -> card components, live training card)
 
@@ -123,8 +123,9 @@ class SSOFlow(FlowSpec):
         """Run a training step function (its last argument: the examples) with a live card."""
         live = sso_cards.live_training_card(current.card["training"], title, len(args[-1]), train_cfg,
                                             self.conf.run.seed)
-        adapter, history, summary = fn(*args, self.conf, self.model_path, on_log=live,
-                                       checkpoint_dir=os.environ.get("SSO_CHECKPOINT_DIR"))
+        ckpt_dir, origins = checkpoint_dirs()   # this task's, and on resume the origin run's
+        adapter, history, summary = fn(*args, self.conf, self.model_path, on_log=kill_hook(current.step_name, live),
+                                       checkpoint_dir=ckpt_dir, resume_dirs=origins)
         live.finish(history, summary)
         print(f"{title}: {summary}")
         return adapter, history, summary

@@ -6,7 +6,9 @@ and the resolved model path. The prompts are the very strings the responses were
 (rendered once, in ``generate_principles``); triples without them are rendered here with the
 configured placement. A capped response (``*_finished`` False) is scored without end-of-turn.
 Outputs: (adapter files as bytes, history DataFrame, summary dict). Side effects: loads the model;
-checkpoints in ``checkpoint_dir`` when given. ``on_log`` gets each logged history row (live cards).
+checkpoints in ``checkpoint_dir`` when given, resuming from the newest one of the same
+fingerprint there or in ``resume_dirs`` (the origin run's, on ``resume``). ``on_log`` gets each
+logged history row (live cards).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ FINISHED = ["y_plus_finished", "y_minus_finished", "y_o_finished"]
 
 
 def train_generator(sso_triples: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
-                    checkpoint_dir: str | None = None, progress: bool = True, on_log=None):
+                    checkpoint_dir: str | None = None, progress: bool = True, on_log=None,
+                    resume_dirs=()):
     from sso.training.trainer import train_sso
 
     if sso_triples.empty:
@@ -33,5 +36,6 @@ def train_generator(sso_triples: pd.DataFrame, cfg: SSOConfig, model_path: str, 
         **{c: sso_triples[c] for c in FINISHED if c in sso_triples},
     })
     result = train_sso(model_path, triples, cfg.generator, cfg.model, seed=cfg.run.seed,
-                       checkpoint_dir=checkpoint_dir, progress=progress, on_log=on_log)
+                       checkpoint_dir=checkpoint_dir, progress=progress, on_log=on_log,
+                       resume_dirs=resume_dirs)
     return result.adapter, result.history, result.summary

@@ -6,8 +6,9 @@ Inputs: the arm name, its preference pairs (query_id, prompt, chosen, rejected, 
 ``chosen_finished`` / ``rejected_finished`` and the rendered plain prompt ``x_plain``), the config
 and the resolved model path. The DPO prompt is the *plain* query x (no principle), the string the
 eval answers are sampled from. Outputs: (adapter files as bytes, history DataFrame, summary dict).
-Side effects: loads the model; checkpoints in ``checkpoint_dir`` when given. ``on_log`` gets each
-logged history row (live cards).
+Side effects: loads the model; checkpoints in ``checkpoint_dir`` when given, resuming from the
+newest one of the same fingerprint there or in ``resume_dirs`` (the origin run's, on ``resume``).
+``on_log`` gets each logged history row (live cards).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ FINISHED = ["chosen_finished", "rejected_finished"]
 
 
 def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
-                 checkpoint_dir: str | None = None, progress: bool = True, on_log=None):
+                 checkpoint_dir: str | None = None, progress: bool = True, on_log=None,
+                 resume_dirs=()):
     from sso.training.trainer import train_dpo
 
     if pairs.empty:
@@ -34,5 +36,6 @@ def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str,
         **{c: pairs[c] for c in FINISHED if c in pairs},
     })
     result = train_dpo(model_path, table, arm_policy_config(cfg.policy, arm), cfg.model, seed=cfg.run.seed,
-                       checkpoint_dir=checkpoint_dir, progress=progress, on_log=on_log)
+                       checkpoint_dir=checkpoint_dir, progress=progress, on_log=on_log,
+                       resume_dirs=resume_dirs)
     return result.adapter, result.history, result.summary

@@ -5,7 +5,10 @@ reference report; the trainable parameters, optimizer, scheduler and RNG states;
 log-probs, so that no reference pass runs again) and ``adapter/`` (the peft adapter as saved by
 ``save_pretrained``). Only the newest checkpoint is kept. The fingerprint
 (:func:`compute_fingerprint`) ties a checkpoint to its objective, data, config, seed and starting
-adapter, so a checkpoint directory of a different run is refused rather than resumed.
+adapter: checkpoints live in ``<checkpoint_dir>/<fingerprint[:16]>/``, so a run only ever finds its
+own. :func:`find_checkpoint` looks there first and then in earlier runs' directories (the origin
+run of a ``resume``): a resumed run continues from the failed run's last checkpoint when nothing
+that decides the training changed, and otherwise starts fresh and says why.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -62,8 +66,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(checkpoint_dir: str, state: dict, model) -> Path:
-    """Atomically write ``step-NNNNNNNN/`` (state.pt + peft adapter) and drop older ones."""
-    root = Path(checkpoint_dir)
+    """Atomically write ``<fingerprint[:16]>/step-NNNNNNNN/`` (state.pt + peft adapter) and drop
+    older ones."""
+    root = Path(fingerprint_dir(checkpoint_dir, state["fingerprint"]))
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     torch.save(state, tmp / "state.pt")
@@ -97,13 +102,45 @@ def load_checkpoint(checkpoint_dir: str | None) -> dict | None:
     return torch.load(done[-1] / "state.pt", map_location="cpu", weights_only=True)
 
 
+def fingerprint_dir(root: str, fingerprint: str) -> str:
+    """Where the checkpoints of one fingerprint live under a checkpoint root."""
+    return os.path.join(root, fingerprint[:16])
+
+
 def load_matching_checkpoint(checkpoint_dir: str | None, fingerprint: str) -> dict | None:
-    """:func:`load_checkpoint`, or ValueError when the checkpoint found is of another run."""
-    ckpt = load_checkpoint(checkpoint_dir)
+    """:func:`load_checkpoint` of ``checkpoint_dir/<fingerprint[:16]>``, or ValueError when the
+    checkpoint found there is of another run (a 16-hex-digit prefix collision)."""
+    if not checkpoint_dir:
+        return None
+    ckpt = load_checkpoint(fingerprint_dir(checkpoint_dir, fingerprint))
     if ckpt is not None and ckpt["fingerprint"] != fingerprint:
         raise ValueError(f"checkpoint_dir {checkpoint_dir!r} holds a checkpoint of a different run "
                          "(data, config or seed differ); use an empty checkpoint_dir for a new run")
     return ckpt
+
+
+def find_checkpoint(checkpoint_dir: str | None, fingerprint: str, earlier: Sequence[str] = ()
+                    ) -> tuple[dict | None, str]:
+    """(newest checkpoint of this fingerprint, a note saying where it came from or why none).
+
+    Looks in ``checkpoint_dir`` (this task's earlier attempts), then in each of ``earlier`` (the
+    origin run's checkpoint roots, on ``resume``). When the earlier roots hold checkpoints of other
+    fingerprints only, the note says the run starts fresh because data, config or seed changed.
+    """
+    ckpt = load_matching_checkpoint(checkpoint_dir, fingerprint)
+    if ckpt is not None:
+        return ckpt, f"resumed at optimizer step {ckpt['step']} from this task's checkpoint"
+    others: list[str] = []
+    for root in earlier:
+        ckpt = load_matching_checkpoint(root, fingerprint)
+        if ckpt is not None:
+            return ckpt, f"resumed at optimizer step {ckpt['step']} from the origin run's checkpoint ({root})"
+        if Path(root).is_dir():
+            others += [p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if others:
+        return None, (f"the origin run's checkpoints were made from other data, config or seed "
+                      f"(fingerprints {sorted(others)[:3]}, this run {fingerprint[:16]}): starting fresh")
+    return None, ""
 
 
 def restore_checkpoint(ckpt: dict, model, opt, sched) -> None:

@@ -32,16 +32,17 @@ position of a checkpoint is just the number of optimizer steps taken.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from sso.config import ModelConfig, TrainConfig
-from sso.training.checkpoints import (compute_fingerprint, load_matching_checkpoint, restore_checkpoint,
+from sso.training.checkpoints import (compute_fingerprint, find_checkpoint, restore_checkpoint,
                                       save_training_checkpoint)
 from sso.training.objectives import (DPO_OBJECTIVE, SSO_OBJECTIVE, Objective, finished_flags, report_roles,
                                      response_columns, validate_table)
@@ -51,6 +52,8 @@ from sso.training.probe import compute_logits_probe
 from sso.training.reference import compute_onpolicyness, count_capped, encode_roles, fit_examples, score_all
 from sso.training.schedule import build_schedule, lr_factor, steps_per_epoch
 from sso.training.scoring import Encoded, collate, pad_token_id, sequence_logps
+
+log = logging.getLogger("sso.training")
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,22 +77,26 @@ class TrainResult:
 
 def train_dpo(model_path: str, pairs, cfg: TrainConfig, model_cfg: ModelConfig, *, seed: int,
               checkpoint_dir: str | None = None, init_adapter: dict[str, bytes] | None = None,
-              progress: bool = True, on_log: OnLog | None = None) -> TrainResult:
+              progress: bool = True, on_log: OnLog | None = None,
+              resume_dirs: Sequence[str] = ()) -> TrainResult:
     """DPO (or IPO, ``cfg.loss``) with LoRA on ``pairs`` (columns prompt_text, chosen, rejected).
 
     ``prompt_text`` is the already-rendered chat prompt. Optional boolean columns
     ``chosen_finished`` / ``rejected_finished``: False for a response cut at ``max_new_tokens``. The reference is the base model, or the
     starting ``init_adapter`` frozen when one is given. ``on_log`` is called with a copy of each
-    history row as it is logged (live cards, external loggers).
+    history row as it is logged (live cards, external loggers). ``checkpoint_dir``: where
+    checkpoints are written and first looked for; ``resume_dirs``: earlier runs' checkpoint roots
+    also searched (the origin run of a ``resume``; :func:`sso.training.checkpoints.find_checkpoint`).
     """
     return _train(DPO_OBJECTIVE, model_path, pairs, cfg, model_cfg, seed=seed,
                   checkpoint_dir=checkpoint_dir, init_adapter=init_adapter, progress=progress,
-                  on_log=on_log)
+                  on_log=on_log, resume_dirs=resume_dirs)
 
 
 def train_sso(model_path: str, triples, cfg: TrainConfig, model_cfg: ModelConfig, *, seed: int,
               checkpoint_dir: str | None = None, init_adapter: dict[str, bytes] | None = None,
-              progress: bool = True, on_log: OnLog | None = None) -> TrainResult:
+              progress: bool = True, on_log: OnLog | None = None,
+              resume_dirs: Sequence[str] = ()) -> TrainResult:
     """SSO generator training (``L+ + lam * L-``) with LoRA on ``triples``.
 
     Columns: x_plus, x_minus (rendered prompts with the good/bad principle), y_plus, y_minus, y_o;
@@ -100,7 +107,7 @@ def train_sso(model_path: str, triples, cfg: TrainConfig, model_cfg: ModelConfig
     """
     return _train(SSO_OBJECTIVE, model_path, triples, cfg, model_cfg, seed=seed,
                   checkpoint_dir=checkpoint_dir, init_adapter=init_adapter, progress=progress,
-                  on_log=on_log)
+                  on_log=on_log, resume_dirs=resume_dirs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,15 +309,18 @@ def _summary(run: TrainRun, state: dict, history, n_examples: int, info: dict) -
 
 def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model_cfg: ModelConfig, *,
            seed: int, checkpoint_dir: str | None, init_adapter, progress: bool,
-           on_log: OnLog | None = None) -> TrainResult:
+           on_log: OnLog | None = None, resume_dirs: Sequence[str] = ()) -> TrainResult:
     import pandas as pd
 
     validate_table(table, objective, "pairs" if objective.name == "dpo" else "triples")
     table = table.reset_index(drop=True)
     fingerprint = run_fingerprint(objective, table, cfg, model_cfg, seed, init_adapter)
-    ckpt = load_matching_checkpoint(checkpoint_dir, fingerprint)
+    ckpt, note = find_checkpoint(checkpoint_dir, fingerprint, resume_dirs)
+    if note:
+        log.info("train %s: %s", objective.name, note)
     run, info = prepare_run(objective, model_path, table, cfg, model_cfg, seed, init_adapter, ckpt,
-                         progress=progress)
+                            progress=progress)
+    info = {**info, "checkpoint_note": note} if note else info
     n_examples = len(run.encoded[0])   # after dropping prompts that do not fit
     schedule = build_schedule(n_examples, cfg, seed)
     opt, sched = make_optimizer(run.model, cfg, len(schedule))
@@ -319,7 +329,9 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
     if ckpt is not None:
         restore_checkpoint(ckpt, run.model, opt, sched)
         state = {k: ckpt[k] for k in state if k != "info"} | {"info": info}
+    start = state["step"]
     state = _run_loop(run, opt, sched, schedule, state, checkpoint_dir, progress, on_log)
     history = pd.DataFrame(state["history"])
+    info = {**info, "steps_run": state["step"] - start}     # by this call (fewer when resumed)
     summary = _summary(run, state, history, n_examples, info)
     return TrainResult(adapter=export_adapter(run.model), history=history, summary=summary)

@@ -1,6 +1,8 @@
 """The judge endpoint goes down mid-run; the judge step fails after its retries; the endpoint comes
 back; `resume` finishes the run without recomputing earlier steps and without re-asking a single
-prompt that was already answered (the judge cache persists across attempts and runs)."""
+prompt that was already answered. No local cache directory is configured: the answers persist in
+the flow's datastore (``<datastore>/SSOFlow/sso-cache/judge/``), which a resumed run on any machine
+reads, and nothing is written to a local cache."""
 
 import sys
 from pathlib import Path
@@ -35,7 +37,6 @@ base_url = "{url}"
 max_retries = 1
 timeout_s = 5.0
 accuracy_pairs = 4
-cache_dir = "{cache}"
 """
 
 
@@ -54,7 +55,8 @@ def test_judge_outage_then_resume_reasks_nothing(mf_env):
     server.rule = rule
     root = mf_env["root"]
     cfg = root / "judge-outage.toml"
-    cfg.write_text(CONFIG.format(url=server.url, cache=root / "judge-cache"))
+    cfg.write_text(CONFIG.format(url=server.url))
+    before_local = local_judge_entries()
     with server:
         with Runner(FLOW, show_output=False, cwd=mf_env["cwd"], env=mf_env["env"],
                     config=[("cfg", str(cfg))]) as runner:
@@ -87,3 +89,12 @@ def test_judge_outage_then_resume_reasks_nothing(mf_env):
     assert int(results.judge_cache_hits.sum() + results.judge_requests.sum()) == 2 * per_arm
     assert set(after)            # the resumed judge did ask the endpoint for what was missing
     assert (results.unparsable == 0).all()
+    store = root / ".metaflow" / "SSOFlow" / "sso-cache" / "judge"
+    assert sum(1 for _ in store.glob("??/*.json")) == len(set(answered))
+    assert local_judge_entries() == before_local
+
+
+def local_judge_entries() -> int:
+    from sso.models.tiny import default_cache_dir
+
+    return sum(1 for _ in (default_cache_dir() / "judge").glob("??/*.json"))

@@ -198,16 +198,25 @@ def test_killed_run_resumes_with_identical_losses(tiny_model_path, pairs, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         train_dpo(tiny_model_path, pairs, c, MODEL_CFG, seed=3, checkpoint_dir=str(ckpt), progress=False)
     monkeypatch.setattr(trainer_mod, "optimizer_step", real_step)
-    assert [p.name for p in ckpt.iterdir() if not p.name.startswith(".")] == ["step-00000004"]
+    (fp_dir,) = [p for p in ckpt.iterdir() if not p.name.startswith(".")]   # one fingerprint
+    assert [p.name for p in fp_dir.iterdir() if not p.name.startswith(".")] == ["step-00000004"]
 
-    resumed = train_dpo(tiny_model_path, pairs, c, MODEL_CFG, seed=3, checkpoint_dir=str(ckpt), progress=False)
+    # a resumed run: its own (empty) root first, then the origin run's root
+    own = tmp_path / "resumed-run"
+    resumed = train_dpo(tiny_model_path, pairs, c, MODEL_CFG, seed=3, checkpoint_dir=str(own),
+                        resume_dirs=[str(ckpt)], progress=False)
     assert resumed.summary["resumed_from_step"] == 4
+    assert "origin run's checkpoint" in resumed.summary["checkpoint_note"]
     cols = ["step", "loss", "learning_rate", "rewards_chosen", "rewards_rejected", "grad_norm"]
     pd.testing.assert_frame_equal(resumed.history[cols], full.history[cols], check_exact=True)
     assert resumed.adapter == full.adapter
 
-    with pytest.raises(ValueError, match="different run"):
-        train_dpo(tiny_model_path, pairs.iloc[:20], c, MODEL_CFG, seed=3, checkpoint_dir=str(ckpt))
+    # other data: the origin's checkpoint is not used, and the summary says why
+    fresh = train_dpo(tiny_model_path, pairs.iloc[:20], c, MODEL_CFG, seed=3, checkpoint_dir=str(own),
+                      resume_dirs=[str(ckpt)], progress=False)
+    assert "resumed_from_step" not in fresh.summary
+    assert "other data, config or seed" in fresh.summary["checkpoint_note"]
+    assert fp_dir.name in fresh.summary["checkpoint_note"]
 
 
 # ---------------------------------------------------------------------------------------------

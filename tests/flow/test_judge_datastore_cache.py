@@ -1,0 +1,97 @@
+"""The judge cache lives in the flow's datastore: a retried judge attempt (a fresh process with no
+local cache, as on a new container) asks the endpoint only for what the failed attempt did not get.
+
+The endpoint answers the first N distinct questions, then refuses each new question once, for good
+(HTTP 400, no client retry): the first attempt ends with N answered and fails with the count (the
+tolerance ``[judge] max_failed_fraction`` is 0); Metaflow's ``@retry`` starts a new attempt in a new
+process, which finds the N answers in ``<datastore>/SSOFlow/sso-cache/judge/`` and asks the rest.
+Requests are counted at the server.
+"""
+
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from judge_server import JudgeServer  # noqa: E402
+
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
+FLOW = str(Path(__file__).resolve().parents[2] / "flows" / "sso_flow.py")
+N = 5
+
+CONFIG = """
+[data]
+n_queries = 8
+n_eval = 4
+[sampling]
+max_new_tokens = 12
+shards = 1
+[generator]
+epochs = 1
+[policy]
+arms = ["sso"]
+epochs = 1
+[eval]
+max_new_tokens = 12
+[judge]
+backend = "openai"
+model = "judge-test"
+base_url = "{url}"
+max_retries = 0
+timeout_s = 10.0
+accuracy_pairs = 4
+"""
+
+
+def local_judge_entries() -> int:
+    from sso.models.tiny import default_cache_dir
+
+    return sum(1 for _ in (default_cache_dir() / "judge").glob("??/*.json"))
+
+
+def test_judge_retry_asks_only_the_rest(mf_env):
+    from metaflow import Runner
+
+    lock = threading.Lock()
+    answered: list[str] = []           # distinct questions answered, in order
+    refused: set[str] = set()
+    asked: list[str] = []
+
+    def rule(user_message, request):
+        with lock:
+            asked.append(user_message)
+            if len(answered) >= N and user_message not in refused:
+                refused.add(user_message)          # refused once, for good, in the first attempt
+                return {"status": 400, "message": "refused by the test"}
+            assert user_message not in answered, "a question answered before was asked again"
+            answered.append(user_message)
+            return "A"
+
+    root = mf_env["root"]
+    cfg = root / "judge-retry.toml"
+    before_local = local_judge_entries()
+    with JudgeServer(rule) as server:
+        cfg.write_text(CONFIG.format(url=server.url))
+        with Runner(FLOW, show_output=False, cwd=mf_env["cwd"], env=mf_env["env"],
+                    config=[("cfg", str(cfg))]) as runner:
+            done = runner.run()
+        assert done.status == "successful", done.stderr[-3000:]
+        run = done.run
+
+    (task,) = list(run["judge"])
+    assert task.current_attempt == 1                         # the first attempt failed, the retry did it
+    total = len(set(asked))                                  # distinct questions of the judge step
+    first_attempt_failures = total - N
+    assert len(refused) == first_attempt_failures > 0
+    # the retry asked exactly the questions the first attempt did not get answered, each once
+    assert len(asked) == total + first_attempt_failures
+    assert asked[total:] and set(asked[total:]) == refused
+    assert len(answered) == total == len(set(answered))
+    usage = run.data.results.iloc[0]
+    assert int(usage.judge_cache_hits) == N and int(usage.judge_requests) == first_attempt_failures
+    # everything is in the datastore, nothing in a local cache directory
+    store = root / ".metaflow" / "SSOFlow" / "sso-cache" / "judge"
+    assert sum(1 for _ in store.glob("??/*.json")) == total
+    assert local_judge_entries() == before_local
