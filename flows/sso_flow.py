@@ -21,8 +21,9 @@ Steps:
     compare               results: one row per arm
     end                   printed summary and exported files
 
-The Metaflow layer is this file and its two neighbours (``sso_decorators.py``: config-driven step
-decorators; ``sso_cards.py``: card components); ``sso/`` and ``steps/`` never import metaflow at
+The Metaflow layer is this file and its neighbours (``sso_decorators.py``: config-driven step
+decorators; ``sso_checkpoints.py``: training checkpoints in the datastore; ``sso_store.py``: caches
+in the datastore; ``sso_cards.py``: card components); ``sso/`` and ``steps/`` never import metaflow at
 module load. Each step hands plain data to one ``steps.<name>`` function and stores what it returns.
 """
 
@@ -37,8 +38,9 @@ if not any(os.environ.get(v, "root") != "root" for v in ("METAFLOW_USER", "SUDO_
     os.environ["METAFLOW_USER"] = "sso"
 
 from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, package_sources, retry, step
-from sso_decorators import (  # config-driven @resources/@timeout/@secrets; checkpoints in the datastore
-    checkpoint_dirs, compute, compute_defaults, datastore_checkpoints, kill_hook, secrets_from_config)
+from sso_checkpoints import checkpoint_dirs, datastore_checkpoints  # training checkpoints across retries and resume
+from sso_decorators import (  # config-driven @resources/@timeout/@secrets; failure hooks for tests
+    compute, compute_defaults, kill_hook, secrets_from_config)
 from sso_store import shared_store  # caches (judge answers, principle replies) in the flow's datastore
 import sso_cards  # noqa: E402  (flows/sso_cards.py: sso.report.cards specs -> card components, live training card)
 

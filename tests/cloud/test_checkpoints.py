@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.cloud, pytest.mark.timeout(300)]
 TOY_FLOW = '''
 import os, shutil, time
 from metaflow import FlowSpec, current, retry, step
-from sso_decorators import CHECKPOINT_ENV, datastore_checkpoints
+from sso_checkpoints import CHECKPOINT_ENV, datastore_checkpoints
 
 
 class CkptFlow(FlowSpec):
@@ -71,7 +71,7 @@ if __name__ == "__main__":
 def toy_flow(tmp_path):
     flow_dir = tmp_path / "toyflow"
     flow_dir.mkdir()
-    shutil.copy(REPO / "flows" / "sso_decorators.py", flow_dir)
+    shutil.copy(REPO / "flows" / "sso_checkpoints.py", flow_dir)
     (flow_dir / "ckpt_flow.py").write_text(TOY_FLOW)
     return flow_dir / "ckpt_flow.py"
 

@@ -72,7 +72,8 @@ def _code_package(endpoint: str, url: str) -> dict[str, bytes]:
 
 def _assert_code_package(files: dict[str, bytes]) -> None:
     names = list(files)
-    for required in ("sso_flow.py", "sso_decorators.py", "sso/__init__.py", "sso/config.py",
+    for required in ("sso_flow.py", "sso_decorators.py", "sso_checkpoints.py", "sso_store.py",
+                     "sso/__init__.py", "sso/config.py", "sso/cache.py",
                      "sso/data/queries.jsonl", "steps/__init__.py", "steps/judge.py",
                      "steps/train_policy.py"):
         assert required in names, f"{required} missing from the code package: {sorted(names)[:40]}"

@@ -37,6 +37,13 @@ arms = ["sso"]
 """
 
 
+def _config(raw: bytes) -> dict:
+    import json
+
+    cfg = json.loads(raw)
+    return {**cfg, "target_modules": sorted(cfg.get("target_modules") or [])}
+
+
 def _generator_task(run):
     (task,) = list(run["train_generator"])
     return task
@@ -58,7 +65,7 @@ def test_resume_continues_from_the_origin_checkpoint(mf_env):
     origin = Flow("SSOFlow").latest_run
     assert not origin.finished
     killed = _generator_task(origin)
-    assert not killed.successful and f"SSO_KILL_AFTER_CHECKPOINT=train_generator:{K}" in killed.stdout
+    assert not killed.successful          # (its log died with the runtime, which saves task logs)
     left = list((root / "sso-checkpoints" / "SSOFlow" / origin.id / "train_generator").glob("*/*/step-*"))
     assert [p.name for p in left] == [f"step-{K:08d}"]         # the last checkpoint survived the kill
 
@@ -81,7 +88,10 @@ def test_resume_continues_from_the_origin_checkpoint(mf_env):
     straight = _generator_task(Flow("SSOFlow").latest_run)
     plain = straight["generator_summary"].data
     assert "resumed_from_step" not in plain and plain["steps_run"] == plain["steps"] == summary["steps"]
-    assert straight["generator_adapter"].data == task["generator_adapter"].data   # byte for byte
+    a, b = straight["generator_adapter"].data, task["generator_adapter"].data
+    assert a.keys() == b.keys()
+    for name in a:          # weights byte for byte; the config up to the order peft writes a set in
+        assert (a[name] == b[name]) if not name.endswith(".json") else _config(a[name]) == _config(b[name])
     history = ["step", "loss", "learning_rate"]
     assert (straight["generator_history"].data[history].values
             == task["generator_history"].data[history].values).all()
