@@ -100,6 +100,20 @@ def _check_job(job: dict) -> None:
     assert API_KEY_VALUE not in job["env_blob"], where
 
 
+def _s3_keys(fake_aws, cloud_env, prefix: str) -> list[str]:
+    """The keys under ``<this test's S3 prefix>/<prefix>`` of the emulated bucket."""
+    import boto3
+
+    from cloudkit import BUCKET, aws_env
+
+    s3 = boto3.client("s3", **{"endpoint_url": fake_aws["endpoint"], "region_name":
+                               aws_env(fake_aws["endpoint"])["AWS_DEFAULT_REGION"],
+                               "aws_access_key_id": "testing", "aws_secret_access_key": "testing"})
+    full = f"{cloud_env['root'].name}/{prefix}"
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=full)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
 def test_run_with_batch_then_resume(fake_aws, cloud_env):
     workdir = Path(fake_aws["workdir"])
     (workdir / "jobs.jsonl").unlink(missing_ok=True)
@@ -123,6 +137,9 @@ def test_run_with_batch_then_resume(fake_aws, cloud_env):
         for job in first_jobs:
             _check_job(job)
         assert judge.requests > 0            # the judge got the key from the secrets manager
+        # every answer is in the S3 datastore's judge cache (what a retried job on a new container reads)
+        cached = _s3_keys(fake_aws, cloud_env, "metaflow/SSOFlow/sso-cache/judge/")
+        assert len(cached) == judge.requests and all(k.endswith(".json") for k in cached)
         assert len([j for j in first_jobs if _step_of(j) == "sample_responses"]) == 2
 
         # 2. resume: every finished task is cloned, only `end` runs again, as a Batch job

@@ -1,9 +1,9 @@
 """The judge cache lives in the flow's datastore: a retried judge attempt (a fresh process with no
 local cache, as on a new container) asks the endpoint only for what the failed attempt did not get.
 
-The endpoint answers the first N distinct questions, then refuses each new question once, for good
-(HTTP 400, no client retry): the first attempt ends with N answered and fails with the count (the
-tolerance ``[judge] max_failed_fraction`` is 0); Metaflow's ``@retry`` starts a new attempt in a new
+The endpoint answers the first N distinct questions, then refuses every question for good (HTTP
+400, no client retry) until a refused one comes back: the first attempt ends with N answered and
+fails (the tolerance ``[judge] max_failed_fraction`` is 0); Metaflow's ``@retry`` starts a new attempt in a new
 process, which finds the N answers in ``<datastore>/SSOFlow/sso-cache/judge/`` and asks the rest.
 Requests are counted at the server.
 """
@@ -40,6 +40,7 @@ backend = "openai"
 model = "judge-test"
 base_url = "{url}"
 max_retries = 0
+max_concurrency = 1     # one request at a time: the order the server sees is the order asked
 timeout_s = 10.0
 accuracy_pairs = 4
 """
@@ -58,12 +59,15 @@ def test_judge_retry_asks_only_the_rest(mf_env):
     answered: list[str] = []           # distinct questions answered, in order
     refused: set[str] = set()
     asked: list[str] = []
+    retry_from: list[int] = []         # index in `asked` where the retry began
 
     def rule(user_message, request):
         with lock:
+            if user_message in refused and not retry_from:
+                retry_from.append(len(asked))      # a refused question came back: the retry
             asked.append(user_message)
-            if len(answered) >= N and user_message not in refused:
-                refused.add(user_message)          # refused once, for good, in the first attempt
+            if len(answered) >= N and not retry_from:
+                refused.add(user_message)          # refused for good, in the first attempt
                 return {"status": 400, "message": "refused by the test"}
             assert user_message not in answered, "a question answered before was asked again"
             answered.append(user_message)
@@ -83,14 +87,16 @@ def test_judge_retry_asks_only_the_rest(mf_env):
     (task,) = list(run["judge"])
     assert task.current_attempt == 1                         # the first attempt failed, the retry did it
     total = len(set(asked))                                  # distinct questions of the judge step
-    first_attempt_failures = total - N
-    assert len(refused) == first_attempt_failures > 0
-    # the retry asked exactly the questions the first attempt did not get answered, each once
-    assert len(asked) == total + first_attempt_failures
-    assert asked[total:] and set(asked[total:]) == refused
-    assert len(answered) == total == len(set(answered))
+    first, retry = asked[:retry_from[0]], asked[retry_from[0]:]
+    assert len(answered) == total == len(set(answered))      # each question answered exactly once
+    assert set(first) - set(answered[:N]) == refused         # attempt 0: N answered, the rest refused
+    # the retry asked only what attempt 0 did not get answered (whether it failed or was never
+    # sent before the attempt gave up), each question once
+    assert sorted(retry) == sorted(set(asked) - set(answered[:N]))
     usage = run.data.results.iloc[0]
-    assert int(usage.judge_cache_hits) == N and int(usage.judge_requests) == first_attempt_failures
+    assert int(usage.judge_requests) == total - N           # what the successful attempt asked
+    rows = 2 * (4 + 4)                                       # (eval + accuracy pairs) x both orders
+    assert int(usage.judge_cache_hits) == rows - (total - N)  # the N from the datastore (+ repeats)
     # everything is in the datastore, nothing in a local cache directory
     store = root / ".metaflow" / "SSOFlow" / "sso-cache" / "judge"
     assert sum(1 for _ in store.glob("??/*.json")) == total

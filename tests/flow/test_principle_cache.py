@@ -36,6 +36,7 @@ backend = "openai"
 model = "writer-test"
 base_url = "{url}"
 max_retries = 0
+max_concurrency = 1     # one request at a time: the order the server sees is the order asked
 timeout_s = 10.0
 """
 

@@ -80,3 +80,13 @@ def test_vllm_tensor_parallel_size_follows_the_sampling_gpus():
         validate(two)
     assert validate(two.replace(**{"sampling.tensor_parallel_size": 2})).sampling.tensor_parallel_size == 2
     validate(SSOConfig().replace(**{"sampling.backend": "transformers", "resources.sample.gpu": 2}))
+
+
+def test_principles_resources_default_to_the_default_table():
+    from sso.config import parse_config_text
+
+    inherited = SSOConfig.from_dict(parse_config_text("[resources.default]\ncpu = 3\nmemory = 5000\n"))
+    assert inherited.resources.principles == inherited.resources.default
+    assert inherited.resources.principles.cpu == 3
+    own = SSOConfig.from_dict(parse_config_text("[resources.default]\ncpu = 3\n[resources.principles]\ngpu = 1\n"))
+    assert own.resources.principles.gpu == 1 and own.resources.principles.cpu == 1
