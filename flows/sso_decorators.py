@@ -39,6 +39,7 @@ default empty list nothing is added and a local run reads the key from its own e
 import os
 
 from metaflow import FlowMutator, StepMutator, user_step_decorator
+from sso_errors import user_errors  # one-paragraph DataError / ConfigError from any step
 
 FAIL_ENV = "SSO_FAIL_AT_STEP"   # test hook: name of a step that raises (exercises retry and resume)
 
@@ -115,6 +116,7 @@ class compute_defaults(FlowMutator):
             if not mutable_step.has_decorator("compute"):
                 mutable_step.add_decorator(compute, deco_kwargs={"resources": default})
             mutable_step.add_decorator(failure_point, duplicates=mutable_step.IGNORE)
+            mutable_step.add_decorator(user_errors, duplicates=mutable_step.IGNORE)
 
 
 @user_step_decorator
