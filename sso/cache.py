@@ -19,6 +19,7 @@ on an exception) hands buffered writes to tiers that batch them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -26,6 +27,12 @@ from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
 
 HEX = frozenset("0123456789abcdef")
+
+
+def content_key(*parts: str) -> str:
+    """The hex SHA-256 of ``parts`` as a compact JSON list: a cache key over exact contents."""
+    payload = json.dumps(list(parts), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def check_key(key: str) -> str:
@@ -70,9 +77,7 @@ class DirStore:
         for key in keys:
             try:
                 out[key] = self.path_for(key).read_bytes()
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except OSError:
+            except OSError:          # missing (or unreadable): a miss
                 continue
         return out
 
@@ -108,6 +113,14 @@ def _decode(data: bytes | None) -> dict[str, Any] | None:
     except (UnicodeDecodeError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def cache_tiers(root: str | os.PathLike | None, shared: BlobStore | None,
+                default_root: str | os.PathLike) -> list[BlobStore]:
+    """The tiers of a cache: the local directory ``root`` when given (``default_root`` when there
+    is no ``shared`` store either), then ``shared`` (the flow's datastore)."""
+    local = [DirStore(root or default_root)] if root or shared is None else []
+    return local + ([shared] if shared is not None else [])
 
 
 class JSONCache:

@@ -52,7 +52,7 @@ def generate_principles(queries: pd.DataFrame, cfg: SSOConfig, *, model_path: st
 def cached_principle_model(cfg: SSOConfig, model_path: str | None, store=None) -> CachedPrincipleModel:
     """The configured principle model behind the principle cache (``store``, the flow's datastore,
     else ``~/.cache/sso-flow/principles``); built only on the first uncached request."""
-    from sso.cache import DirStore, JSONCache
+    from sso.cache import JSONCache, cache_tiers
     from sso.models.tiny import default_cache_dir
 
     p = cfg.principles
@@ -60,7 +60,7 @@ def cached_principle_model(cfg: SSOConfig, model_path: str | None, store=None) -
         identity, name = ["openai", p.base_url, p.model], f"openai:{p.model}"
     else:
         identity, name = [p.backend, p.model or model_path, cfg.run.seed], p.model or "policy"
-    cache = JSONCache([store] if store is not None else [DirStore(default_cache_dir() / "principles")])
+    cache = JSONCache(cache_tiers(None, store, default_cache_dir() / "principles"))
 
     def factory():
         return build_principle_model(p, policy_model_path=model_path, model_cfg=cfg.model,

@@ -12,11 +12,9 @@ killed half way keeps every finished chunk; larger chunks keep a vLLM engine's b
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Callable, Sequence
 
-from sso.cache import JSONCache
+from sso.cache import JSONCache, content_key
 
 SCHEMA = "sso-principle-cache-v1"
 DEFAULT_CHUNK = 256
@@ -24,8 +22,7 @@ DEFAULT_CHUNK = 256
 
 def principle_key(identity: str, params, message: str) -> str:
     """The cache key of one principle request (hex SHA-256)."""
-    payload = json.dumps([SCHEMA, identity, repr(params), message], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return content_key(SCHEMA, identity, repr(params), message)
 
 
 class CachedPrincipleModel:

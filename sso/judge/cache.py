@@ -17,12 +17,10 @@ flow (no shared store) the local directory defaults to ``~/.cache/sso-flow/judge
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
-from sso.cache import BlobStore, DirStore, JSONCache
+from sso.cache import BlobStore, DirStore, JSONCache, cache_tiers, content_key
 
 CACHE_SCHEMA = "sso-judge-cache-v1"
 
@@ -30,9 +28,7 @@ CACHE_SCHEMA = "sso-judge-cache-v1"
 def compute_cache_key(judge_id: str, prompt_version: str, instruction: str,
                       output_a: str, output_b: str) -> str:
     """Hex SHA-256 over the judge, the prompt version and the exact contents of both slots."""
-    payload = json.dumps([CACHE_SCHEMA, judge_id, prompt_version, instruction, output_a, output_b],
-                         ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return content_key(CACHE_SCHEMA, judge_id, prompt_version, instruction, output_a, output_b)
 
 
 def default_judge_cache_dir() -> Path:
@@ -47,9 +43,9 @@ class JudgeCache(JSONCache):
     the ``shared`` store (the flow's datastore)."""
 
     def __init__(self, root: str | os.PathLike | None = None, *, shared: BlobStore | None = None):
-        local = [DirStore(root or default_judge_cache_dir())] if root or shared is None else []
-        super().__init__(local + ([shared] if shared is not None else []))
-        self.root = local[0].root if local else None
+        super().__init__(cache_tiers(root, shared, default_judge_cache_dir()))
+        first = self.tiers[0]
+        self.root = first.root if isinstance(first, DirStore) else None
 
     def path_for(self, key: str) -> Path:
         """The local file of a key (a cache with a local directory only)."""

@@ -41,3 +41,15 @@ def client_for(root):
 
     metadata(f"local@{root}")
     namespace(None)
+
+
+def datastore_cache_entries(root, name: str) -> int:
+    """Entries of the flow's ``name`` cache (judge, principles) in a test's local datastore."""
+    return sum(1 for _ in (root / ".metaflow" / "SSOFlow" / "sso-cache" / name).glob("??/*.json"))
+
+
+def local_judge_entries() -> int:
+    """Entries of the local judge cache directory (``~/.cache/sso-flow/judge`` or $SSO_CACHE_DIR)."""
+    from sso.models.tiny import default_cache_dir
+
+    return sum(1 for _ in (default_cache_dir() / "judge").glob("??/*.json"))

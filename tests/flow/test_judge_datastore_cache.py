@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import FLOW, datastore_cache_entries, local_judge_entries  # noqa: E402
 from judge_server import JudgeServer  # noqa: E402
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
-FLOW = str(Path(__file__).resolve().parents[2] / "flows" / "sso_flow.py")
 N = 5
 
 CONFIG = """
@@ -45,11 +46,6 @@ timeout_s = 10.0
 accuracy_pairs = 4
 """
 
-
-def local_judge_entries() -> int:
-    from sso.models.tiny import default_cache_dir
-
-    return sum(1 for _ in (default_cache_dir() / "judge").glob("??/*.json"))
 
 
 def test_judge_retry_asks_only_the_rest(mf_env):
@@ -98,6 +94,5 @@ def test_judge_retry_asks_only_the_rest(mf_env):
     rows = 2 * (4 + 4)                                       # (eval + accuracy pairs) x both orders
     assert int(usage.judge_cache_hits) == rows - (total - N)  # the N from the datastore (+ repeats)
     # everything is in the datastore, nothing in a local cache directory
-    store = root / ".metaflow" / "SSOFlow" / "sso-cache" / "judge"
-    assert sum(1 for _ in store.glob("??/*.json")) == total
+    assert datastore_cache_entries(root, "judge") == total
     assert local_judge_entries() == before_local

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import FLOW, datastore_cache_entries, local_judge_entries  # noqa: E402
 from judge_server import JudgeServer  # noqa: E402
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
-FLOW = str(Path(__file__).resolve().parents[2] / "flows" / "sso_flow.py")
 ANSWERED_BEFORE_OUTAGE = 6
 
 CONFIG = """
@@ -89,12 +90,6 @@ def test_judge_outage_then_resume_reasks_nothing(mf_env):
     assert int(results.judge_cache_hits.sum() + results.judge_requests.sum()) == 2 * per_arm
     assert set(after)            # the resumed judge did ask the endpoint for what was missing
     assert (results.unparsable == 0).all()
-    store = root / ".metaflow" / "SSOFlow" / "sso-cache" / "judge"
-    assert sum(1 for _ in store.glob("??/*.json")) == len(set(answered))
+    assert datastore_cache_entries(root, "judge") == len(set(answered))
     assert local_judge_entries() == before_local
 
-
-def local_judge_entries() -> int:
-    from sso.models.tiny import default_cache_dir
-
-    return sum(1 for _ in (default_cache_dir() / "judge").glob("??/*.json"))

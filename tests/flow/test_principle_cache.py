@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import FLOW, datastore_cache_entries  # noqa: E402
 from judge_server import JudgeServer  # noqa: E402
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
-FLOW = str(Path(__file__).resolve().parents[2] / "flows" / "sso_flow.py")
 N = 3
 REPLY = ("Bad guideline: Answer with vague filler and avoid every concrete detail the user needs.\n"
          "Good guideline: Answer with precise, concrete details and the steps the user needs.")
@@ -85,8 +86,7 @@ def test_principle_retry_and_rerun_ask_only_what_is_missing(mf_env):
         assert task2.successful and task2.current_attempt == 0
         assert len(asked) == n_before                             # a new run asks nothing
         assert task2["shard_principles"].data.equals(principles)
-    store = root / ".metaflow" / "SSOFlow" / "sso-cache" / "principles"
-    assert sum(1 for _ in store.glob("??/*.json")) == total
+    assert datastore_cache_entries(root, "principles") == total
 
 
 def _attempt_log(task, attempt: int) -> str:
