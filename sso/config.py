@@ -37,6 +37,9 @@ __all__ = ["ConfigError", "SSOConfig", "load_config", "parse_config_text", "vali
 class RunConfig:
     seed: int = 0
     output_dir: str = "out"           # where `end` exports preference data, adapters and tables
+    mode: str = "offline"              # offline: the published SSO (generator, then DPO arms) |
+                                       #   online: the earlier iterative SSO (policy trained T times)
+    iterations: int = 3                # online mode: T iterations (sample, train, evaluate)
 
 
 @dataclass(frozen=True)
@@ -135,12 +138,39 @@ class TrainConfig:
     log_every: int = 1
     checkpoint_every: int = 0          # optimizer steps between checkpoints; 0 = off
     gradient_checkpointing: bool = False
+    finetuning: str = "lora"           # lora | full (every weight trained; reference = frozen start)
+    strategy: str = "ddp"              # multi-GPU engine: ddp | fsdp | zero2 | zero3 (accelerate)
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """``[generator.sweep]``: one generator per (gamma, lam) point; an empty list = the base value."""
+    gamma: tuple[float, ...] = ()
+    lam: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class GeneratorConfig(TrainConfig):
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """``[policy.online]``: the online SSO loss ``W * (L_main + theta * G)`` (online_sso arm and
+    ``[run] mode = "online"``); see :func:`sso.training.losses.online_sso_loss`."""
+    loss: str = "ipo"                  # base loss of L_main and G
+    theta: float = 0.1                 # weight of G
+    alpha: float = 0.66                # W's mix of a(y+|x) and a(y-|x)
+    use_weight: bool = True            # False: W = 1
+    detach_weight: bool = False        # no gradient through W
+    weight_on_g_only: bool = False     # L = L_main + W * theta * G
 
 
 @dataclass(frozen=True)
 class PolicyConfig(TrainConfig):
     arms: tuple[str, ...] = ("sso", "pbaa")
+    online: OnlineConfig = field(default_factory=OnlineConfig)
 
 
 @dataclass(frozen=True)
@@ -186,7 +216,8 @@ class JudgeConfig:
 class StepResources:
     cpu: int = 1
     memory: int = 4096                 # MiB
-    gpu: int = 0
+    gpu: int = 0                       # GPUs per node
+    nodes: int = 1                     # train: > 1 = multi-node training (@parallel + @torchrun)
     timeout_minutes: int = 0           # 0 = no @timeout
     # Remote-only settings, applied when the step runs under @batch / @kubernetes (e.g. via
     # `run --with batch`); empty/0 = the --with value or the Metaflow profile's default.
@@ -211,7 +242,7 @@ class SSOConfig:
     data: DataConfig = field(default_factory=DataConfig)
     principles: PrinciplesConfig = field(default_factory=PrinciplesConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    generator: TrainConfig = field(default_factory=TrainConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)

@@ -38,6 +38,8 @@ _TRAIN_RULES = {
     "weight_decay": _NONNEG,
     "log_every": _POSITIVE,
     "checkpoint_every": _NONNEG,
+    "finetuning": (lambda v: v in ("lora", "full"), "must be one of: lora, full"),
+    "strategy": (lambda v: v in ("ddp", "fsdp", "zero2", "zero3"), "must be one of: ddp, fsdp, zero2, zero3"),
 }
 _LORA_RULES = {
     "r": _POSITIVE,
@@ -46,7 +48,7 @@ _LORA_RULES = {
     "target_modules": (lambda v: len(v) > 0, "must name at least one module"),
 }
 _NO_SPACE = (lambda v: v == v.strip() and " " not in v, "must not contain spaces")
-_RES_RULES = {"cpu": _POSITIVE, "memory": _POSITIVE, "gpu": _NONNEG, "timeout_minutes": _NONNEG,
+_RES_RULES = {"cpu": _POSITIVE, "memory": _POSITIVE, "gpu": _NONNEG, "nodes": _POSITIVE, "timeout_minutes": _NONNEG,
               "image": _NO_SPACE, "queue": _NO_SPACE, "shared_memory": _NONNEG}
 _KEY_ENV = (lambda v: v.replace("_", "").isalnum() and not v.startswith("sk-"),
             "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key itself")
@@ -110,8 +112,14 @@ RULES: dict[str, dict[str, tuple]] = {
                           "1, 8, 16, 32, 64, 128, 256, 320, 512"),
         "kv_cache_gb": _NONNEG,
     },
+    "run": {"mode": (lambda v: v in ("offline", "online"), "must be one of: offline, online"),
+            "iterations": (lambda v: 1 <= v <= 20, "must be between 1 and 20")},
     "generator": _TRAIN_RULES,
     "generator.lora": _LORA_RULES,
+    "generator.sweep": {"gamma": (lambda v: all(x >= 0 for x in v), "must be a list of numbers >= 0"),
+                        "lam": (lambda v: all(x >= 0 for x in v), "must be a list of numbers >= 0")},
+    "policy.online": {"loss": (lambda v: v in ("dpo", "ipo"), "must be one of: dpo, ipo"),
+                      "theta": _NONNEG, "alpha": _PROB},
     "policy": {
         **_TRAIN_RULES,
         "arms": (lambda v: len(v) > 0 and set(v) <= set(KNOWN_ARMS) and len(set(v)) == len(v),
@@ -140,6 +148,7 @@ RULES: dict[str, dict[str, tuple]] = {
     "resources.sample": _RES_RULES,
     "resources.train": _RES_RULES,
     "resources.judge": _RES_RULES,
+    "resources.principles": _RES_RULES,
 }
 
 

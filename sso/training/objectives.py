@@ -1,10 +1,12 @@
 """Training objectives: which sequences form one example and how their log-probs become a loss.
 
-Two objectives share the trainer's loop (:mod:`sso.training.trainer`):
+Three objectives share the trainer's loop (:mod:`sso.training.trainer`):
 
 - :data:`DPO_OBJECTIVE`: plain DPO/IPO on (prompt_text, chosen, rejected);
 - :data:`SSO_OBJECTIVE`: the SSO generator loss on (x_plus, x_minus, y_plus, y_minus, y_o), four
-  sequences per example (see :func:`sso.training.losses.sso_loss`).
+  sequences per example (see :func:`sso.training.losses.sso_loss`);
+- :data:`ONLINE_OBJECTIVE`: the earlier online SSO loss on the policy itself, six sequences per
+  example: (x, y+, y-), (x+, y+, y-), (x-, y_o, y+) (see :func:`sso.training.losses.online_sso_loss`).
 
 :func:`validate_table` checks that a table can feed an objective before any model is loaded.
 
@@ -22,7 +24,7 @@ from typing import Callable
 from torch import Tensor
 
 from sso.config import TrainConfig
-from sso.training.losses import PairLogps, base_pair_loss, pair_metrics, sso_loss
+from sso.training.losses import PairLogps, base_pair_loss, online_sso_loss, pair_metrics, sso_loss
 
 ObjectiveLoss = Callable[[Tensor, Tensor, Tensor, TrainConfig], tuple[Tensor, dict[str, Tensor]]]
 Role = tuple[str, str, str]   # (name, prompt column, response column)
@@ -63,6 +65,16 @@ def _sso_objective_loss(pol: Tensor, ref: Tensor, ntok: Tensor, cfg: TrainConfig
                     gamma=cfg.gamma, lam=cfg.lam, label_smoothing=cfg.label_smoothing)
 
 
+def _online_objective_loss(pol: Tensor, ref: Tensor, ntok: Tensor, cfg: TrainConfig):
+    from sso.config import OnlineConfig
+
+    o = getattr(cfg, "online", None) or OnlineConfig()
+    return online_sso_loss(_pair(pol, ref, ntok, 0), _pair(pol, ref, ntok, 2), _pair(pol, ref, ntok, 4),
+                           base=o.loss, beta=cfg.beta, theta=o.theta, alpha=o.alpha, use_weight=o.use_weight,
+                           detach_weight=o.detach_weight, weight_on_g_only=o.weight_on_g_only,
+                           label_smoothing=cfg.label_smoothing)
+
+
 DPO_OBJECTIVE = Objective(
     name="dpo",
     columns=("prompt_text", "chosen", "rejected"),
@@ -79,6 +91,16 @@ SSO_OBJECTIVE = Objective(
     report_roles=(("y_minus_x_minus", "x_minus", "y_minus"),),
     optional_report_roles=(("y_plus_plain", "prompt_text", "y_plus"),
                            ("y_minus_plain", "prompt_text", "y_minus")),
+)
+
+
+ONLINE_OBJECTIVE = Objective(
+    name="online_sso",
+    columns=("prompt_text", "x_plus", "x_minus", "y_plus", "y_minus", "y_o"),
+    roles=(("main_chosen", "prompt_text", "y_plus"), ("main_rejected", "prompt_text", "y_minus"),
+           ("plus_chosen", "x_plus", "y_plus"), ("plus_rejected", "x_plus", "y_minus"),
+           ("minus_chosen", "x_minus", "y_o"), ("minus_rejected", "x_minus", "y_plus")),
+    loss=_online_objective_loss,
 )
 
 

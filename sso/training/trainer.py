@@ -44,7 +44,7 @@ from torch import Tensor
 from sso.config import ModelConfig, TrainConfig
 from sso.training.checkpoints import (compute_fingerprint, find_checkpoint, restore_checkpoint,
                                       save_training_checkpoint)
-from sso.training.objectives import (DPO_OBJECTIVE, SSO_OBJECTIVE, Objective, finished_flags, report_roles,
+from sso.training.objectives import (DPO_OBJECTIVE, ONLINE_OBJECTIVE, SSO_OBJECTIVE, Objective, finished_flags, report_roles,
                                      response_columns, validate_table)
 from sso.training.policy import (autocast, export_adapter, load_policy_model, load_policy_tokenizer, model_device,
                                  reference_context)
@@ -106,6 +106,21 @@ def train_sso(model_path: str, triples, cfg: TrainConfig, model_cfg: ModelConfig
     :func:`train_dpo`.
     """
     return _train(SSO_OBJECTIVE, model_path, triples, cfg, model_cfg, seed=seed,
+                  checkpoint_dir=checkpoint_dir, init_adapter=init_adapter, progress=progress,
+                  on_log=on_log, resume_dirs=resume_dirs)
+
+
+def train_online(model_path: str, triples, cfg: TrainConfig, model_cfg: ModelConfig, *, seed: int,
+                 checkpoint_dir: str | None = None, init_adapter: dict[str, bytes] | None = None,
+                 progress: bool = True, on_log: OnLog | None = None,
+                 resume_dirs: Sequence[str] = ()) -> TrainResult:
+    """The online SSO loss ``W * (L_main + theta * G)`` on the POLICY (``cfg.online`` options).
+
+    Columns: prompt_text (plain rendered prompt), x_plus, x_minus, y_plus, y_minus, y_o, optional
+    ``*_finished`` flags as in :func:`train_sso`. ``init_adapter``: the policy of the previous
+    iteration, trained further and frozen as it is as this iteration's reference.
+    """
+    return _train(ONLINE_OBJECTIVE, model_path, triples, cfg, model_cfg, seed=seed,
                   checkpoint_dir=checkpoint_dir, init_adapter=init_adapter, progress=progress,
                   on_log=on_log, resume_dirs=resume_dirs)
 
