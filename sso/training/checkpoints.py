@@ -2,8 +2,8 @@
 
 A checkpoint holds ``state.pt`` (the loop state: step, history, counters, run fingerprint and
 reference report; the trainable parameters, optimizer, scheduler and RNG states; the reference
-log-probs, so that no reference pass runs again) and ``adapter/`` (the peft adapter as saved by
-``save_pretrained``). Only the newest checkpoint is kept. The fingerprint
+log-probs, so that no reference pass runs again) and, for LoRA, ``adapter/`` (the peft adapter as
+saved by ``save_pretrained``; a fully fine-tuned model's weights are all in ``state.pt`` already). Only the newest checkpoint is kept. The fingerprint
 (:func:`compute_fingerprint`) ties a checkpoint to its objective, data, config, seed and starting
 adapter: checkpoints live in ``<checkpoint_dir>/<fingerprint[:16]>/``, so a run only ever finds its
 own. :func:`find_checkpoint` looks there first and then in earlier runs' directories (the origin
@@ -26,6 +26,7 @@ from torch import Tensor
 
 from sso.config import TrainConfig
 from sso.training.objectives import Objective
+from sso.training.policy import is_peft_model
 
 CHECKPOINT_PREFIX = "step-"
 
@@ -66,13 +67,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(checkpoint_dir: str, state: dict, model) -> Path:
-    """Atomically write ``<fingerprint[:16]>/step-NNNNNNNN/`` (state.pt + peft adapter) and drop
-    older ones."""
+    """Atomically write ``<fingerprint[:16]>/step-NNNNNNNN/`` (state.pt, + the peft adapter for
+    LoRA) and drop older ones."""
     root = Path(fingerprint_dir(checkpoint_dir, state["fingerprint"]))
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     torch.save(state, tmp / "state.pt")
-    model.save_pretrained(tmp / "adapter")
+    if is_peft_model(model):
+        model.save_pretrained(tmp / "adapter")
     target = root / f"{CHECKPOINT_PREFIX}{state['step']:08d}"
     if target.exists():
         shutil.rmtree(target)

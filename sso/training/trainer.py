@@ -42,8 +42,12 @@ import torch
 from torch import Tensor
 
 from sso.config import ModelConfig, TrainConfig
+from sso.models.loading import pick_device
 from sso.training.checkpoints import (compute_fingerprint, find_checkpoint, restore_checkpoint,
                                       save_training_checkpoint)
+from sso.training.distributed import (DistInfo, accumulate_gradients, all_reduce_sum, check_strategy, dist_info,
+                                      same_on_all_ranks, score_reference, wrap_for_training)
+from sso.training.memory import log_memory_estimate, release_cached_memory, retry_split, split_micro_batches
 from sso.training.objectives import (DPO_OBJECTIVE, ONLINE_OBJECTIVE, SSO_OBJECTIVE, Objective, finished_flags, report_roles,
                                      response_columns, validate_table)
 from sso.training.policy import (autocast, export_adapter, load_policy_model, load_policy_tokenizer, model_device,
@@ -141,6 +145,9 @@ class TrainRun:
     ref_logps: Tensor      # [k, N]
     max_length: int
     pad_id: int
+    dist: DistInfo = field(default_factory=DistInfo)   # this rank (rank 0 of 1 without torchrun)
+    ddp: object = None     # the DistributedDataParallel scorer of ``model`` when distributed
+    micro_split: int = 1   # each scheduled micro-batch runs in this many pieces (doubled on OOM)
 
     def micro_batch(self, idx: list[int]) -> dict[str, Tensor]:
         """All k sequences of the given rows, role-major, padded once."""
@@ -151,7 +158,7 @@ class TrainRun:
         batch = self.micro_batch(idx)
         k, b = len(self.encoded), len(idx)
         with autocast(model_device(self.model)):
-            logps, ntok = sequence_logps(self.model, batch)                  # [k*B]
+            logps, ntok = self.ddp(batch) if self.ddp is not None else sequence_logps(self.model, batch)  # [k*B]
         pol, ntok = logps.float().view(k, b), ntok.view(k, b)
         ref = self.ref_logps[:, idx].to(pol.device)
         losses, metrics = self.objective.loss(pol, ref, ntok, self.cfg)
@@ -168,16 +175,30 @@ def make_optimizer(model, cfg: TrainConfig, total_steps: int):
 
 
 def optimizer_step(run: TrainRun, opt, sched, micro_batches: list[list[int]]) -> dict[str, float]:
-    """One optimizer step over its micro-batches (grad accumulation); returns its mean metrics."""
+    """One optimizer step over its micro-batches (grad accumulation); returns its mean metrics.
+
+    Distributed: each rank runs its slice of every micro-batch and the metric sums are all-reduced
+    (:func:`sso.training.distributed.accumulate_gradients`). Out of GPU memory (one process): the
+    step restarts with every micro-batch halved, twice the accumulation, and so on for the rest of
+    the run (:func:`sso.training.memory.retry_split`); the step's loss and gradient stay the same.
+    """
     n = sum(len(mb) for mb in micro_batches)
-    sums: dict[str, Tensor] = {}
-    tokens = 0
-    for idx in micro_batches:
-        losses, metrics, ntok = run.forward_loss(idx)
-        (losses.sum() / n).backward()
-        for key, value in {"loss": losses.detach(), **metrics}.items():
-            sums[key] = sums.get(key, 0.0) + value.float().sum()
-        tokens += ntok
+    while True:
+        parts = split_micro_batches(micro_batches, run.micro_split)
+        try:
+            sums, tokens = accumulate_gradients(run, parts, n)
+            break
+        except torch.OutOfMemoryError:
+            opt.zero_grad(set_to_none=True)
+            split = retry_split(parts, run.micro_split, run.dist)
+            if split is None:
+                raise
+        run.micro_split = split     # out of the except block: the failed pass's tensors are gone
+        release_cached_memory()
+    dev = next(iter(sums.values())).device
+    if run.dist.active:
+        reduced = all_reduce_sum(torch.stack([*sums.values(), torch.tensor(float(tokens), device=dev)]))
+        sums, tokens = dict(zip(sums, reduced[:-1])), int(round(float(reduced[-1])))
     params = [p for p in run.model.parameters() if p.requires_grad]
     clip = run.cfg.max_grad_norm if run.cfg.max_grad_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
@@ -185,7 +206,7 @@ def optimizer_step(run: TrainRun, opt, sched, micro_batches: list[list[int]]) ->
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-    values = torch.stack([*sums.values(), grad_norm.float().to(next(iter(sums.values())).device)]).tolist()  # 1 sync
+    values = torch.stack([*sums.values(), grad_norm.float().to(dev)]).tolist()  # 1 sync
     return {**{k: v / n for k, v in zip(sums, values)}, "grad_norm": values[-1], "learning_rate": lr,
             "tokens": tokens}
 
@@ -213,14 +234,15 @@ def _count_step(state: dict, rec: dict[str, float], micro_batches: list[list[int
 
 def _run_loop(run: TrainRun, opt, sched, schedule, state: dict, checkpoint_dir: str | None,
               progress: bool, on_log: OnLog | None = None) -> dict:
-    """Take the remaining optimizer steps, logging and checkpointing; returns the final state."""
+    """Take the remaining optimizer steps, logging and checkpointing (rank 0 only, when
+    distributed); returns the final state."""
     from sso.progress import progress_bar
 
     cfg, total = run.cfg, len(schedule)
     per_epoch = steps_per_epoch(len(run.encoded[0]), cfg)
     run.model.train()
     bar = progress_bar(total, f"train {run.objective.name}", unit="step", initial=state["step"],
-                       enabled=progress)
+                       enabled=progress and run.dist.is_main)
     t_log, tok_log = time.perf_counter(), 0
     for step in range(state["step"], total):
         t0 = time.perf_counter()
@@ -236,7 +258,7 @@ def _run_loop(run: TrainRun, opt, sched, schedule, state: dict, checkpoint_dir: 
             if on_log is not None:
                 on_log(dict(state["history"][-1]))
         if checkpoint_dir and cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 \
-                and state["step"] < total:
+                and state["step"] < total and run.dist.is_main:
             save_training_checkpoint(checkpoint_dir, state, run.model, opt, sched, run.ref_logps)
         bar.update(1)
     bar.close()
@@ -261,7 +283,9 @@ def encode_table(tokenizer, objective: Objective, table, max_length: int) -> tup
 def prepare_run(objective: Objective, model_path, table, cfg, model_cfg, seed, init_adapter,
                 ckpt: dict | None = None, progress: bool = False):
     """Tokenise (dropping examples whose prompt does not fit), load the model, and precompute the
-    reference log-probs (+ on-policyness) of the kept rows.
+    reference log-probs (+ on-policyness) of the kept rows (shared out over the ranks when
+    distributed). The reference is the model before any step: LoRA with the adapter disabled (or
+    the starting adapter), a fully fine-tuned model as loaded.
 
     The data is checked before the model is loaded. When resuming, the reference log-probs and the
     report come from the checkpoint instead.
@@ -275,10 +299,10 @@ def prepare_run(objective: Objective, model_path, table, cfg, model_cfg, seed, i
         return run, {**ckpt["info"], "resumed_from_step": ckpt["step"]}
     names = [r[0] for r in objective.roles + report_roles(objective, table)]
     t0 = time.perf_counter()
-    with reference_context(model, init_adapter is not None):
-        ref_logps, ntok, n_truncated = score_all(model, encoded, model_cfg.max_length, pad_id,
-                                                 2 * cfg.batch_size,
-                                                 f"reference {objective.name}" if progress else None)
+    with reference_context(model, init_adapter is not None):   # a no-op for full fine-tuning
+        ref_logps, ntok, n_truncated = score_reference(model, encoded, model_cfg.max_length, pad_id,
+                                                       2 * cfg.batch_size,
+                                                       f"reference {objective.name}" if progress else None)
     info = {**data_info, **compute_onpolicyness(names, ref_logps, ntok),
             "reference_seconds": time.perf_counter() - t0, "truncated_sequences": n_truncated}
     run = TrainRun(model, objective, cfg, encoded[:k], ref_logps[:k], model_cfg.max_length, pad_id)
@@ -328,14 +352,19 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
     import pandas as pd
 
     validate_table(table, objective, "pairs" if objective.name == "dpo" else "triples")
+    check_strategy(getattr(cfg, "strategy", "ddp"), pick_device(model_cfg.device))
     table = table.reset_index(drop=True)
     fingerprint = run_fingerprint(objective, table, cfg, model_cfg, seed, init_adapter)
     ckpt, note = find_checkpoint(checkpoint_dir, fingerprint, resume_dirs)
+    same_on_all_ranks(ckpt["step"] if ckpt else -1, "the checkpoint step found (is checkpoint_dir shared?)")
     if note:
         log.info("train %s: %s", objective.name, note)
     run, info = prepare_run(objective, model_path, table, cfg, model_cfg, seed, init_adapter, ckpt,
                             progress=progress)
     info = {**info, "checkpoint_note": note} if note else info
+    run.dist = dist_info()
+    info = {**info, **log_memory_estimate(run.model, cfg, model_cfg, run.dist.world_size, len(objective.roles))}
+    run.ddp = wrap_for_training(run.model, run.dist)
     n_examples = len(run.encoded[0])   # after dropping prompts that do not fit
     schedule = build_schedule(n_examples, cfg, seed)
     opt, sched = make_optimizer(run.model, cfg, len(schedule))
@@ -348,5 +377,7 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
     state = _run_loop(run, opt, sched, schedule, state, checkpoint_dir, progress, on_log)
     history = pd.DataFrame(state["history"])
     info = {**info, "steps_run": state["step"] - start}     # by this call (fewer when resumed)
-    summary = _summary(run, state, history, n_examples, info)
+    if not run.dist.is_main:   # the same history on every rank; rank 0 alone exports
+        return TrainResult(adapter={}, history=history, summary={"rank": run.dist.rank, "exported": False})
+    summary = _summary(run, state, history, n_examples, {**info, "world_size": run.dist.world_size})
     return TrainResult(adapter=export_adapter(run.model), history=history, summary=summary)

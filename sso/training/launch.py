@@ -1,0 +1,114 @@
+"""The training entry point run under torchrun: a pickled job in, a pickled TrainResult out.
+
+    python -m torch.distributed.run --nproc_per_node N -m sso.training.launch \\
+        --input job.pkl --output result.pkl
+
+A job (:func:`make_job`) is a dict: ``objective`` (dpo | sso | online_sso), ``table`` (the pairs or
+triples DataFrame), ``train_config`` / ``model_config`` (plain dicts, or the dataclasses),
+``config_class`` (train | policy | generator: which dataclass the train config is),
+``model_path``, ``seed`` and optionally ``checkpoint_dir``, ``init_adapter``, ``resume_dirs``.
+Every rank starts the process group (:func:`sso.training.distributed.init_distributed`) and runs
+the trainer; rank 0 writes the result to ``--output``; with ``--rank-outputs`` each other rank
+writes its own (history only) to ``<output>.rank<r>``. :func:`torchrun_job` does the whole round
+trip from Python (writes the job, runs torchrun, reads the result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from typing import Any, Sequence
+
+from sso.config import GeneratorConfig, ModelConfig, PolicyConfig, TrainConfig
+from sso.config_rules import build_table, to_plain
+from sso.training.distributed import init_distributed, teardown, torchrun_command
+
+CONFIG_CLASSES = {"train": (TrainConfig, "policy"), "policy": (PolicyConfig, "policy"),
+                  "generator": (GeneratorConfig, "generator")}
+OBJECTIVES = ("dpo", "sso", "online_sso")
+
+
+def make_job(objective: str, table, cfg, model_cfg, model_path: str, seed: int, **options: Any) -> dict:
+    """A picklable job for :func:`run_job` (configs stored as plain dicts)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    kind = next((k for k, (cls, _) in CONFIG_CLASSES.items() if type(cfg) is cls), "train")
+    return {"objective": objective, "table": table, "train_config": to_plain(cfg), "config_class": kind,
+            "model_config": to_plain(model_cfg), "model_path": model_path, "seed": seed, **options}
+
+
+def _config(value, cls, path: str):
+    return value if dataclasses.is_dataclass(value) else build_table(cls, value, path)
+
+
+def run_job(job: dict):
+    """Run the job's trainer in this process (distributed when the process group is up)."""
+    from sso.training import trainer
+
+    cls, path = CONFIG_CLASSES[job.get("config_class", "train")]
+    cfg = _config(job["train_config"], cls, path)
+    model_cfg = _config(job["model_config"], ModelConfig, "model")
+    fn = {"dpo": trainer.train_dpo, "sso": trainer.train_sso, "online_sso": trainer.train_online}[job["objective"]]
+    return fn(job["model_path"], job["table"], cfg, model_cfg, seed=job["seed"],
+              checkpoint_dir=job.get("checkpoint_dir"), init_adapter=job.get("init_adapter"),
+              progress=job.get("progress", False), resume_dirs=tuple(job.get("resume_dirs", ())))
+
+
+def _write(obj, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="run one training job (under torchrun)")
+    parser.add_argument("--input", required=True, help="pickled job (make_job)")
+    parser.add_argument("--output", required=True, help="rank 0 writes the pickled TrainResult here")
+    parser.add_argument("--rank-outputs", action="store_true", help="other ranks write <output>.rank<r>")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s rank" + os.environ.get("RANK", "0")
+                        + " %(name)s %(levelname)s %(message)s")
+    with open(args.input, "rb") as fh:
+        job = pickle.load(fh)
+    info = init_distributed()
+    try:
+        result = run_job(job)
+        if info.is_main:
+            _write(result, args.output)
+        elif args.rank_outputs:
+            _write(result, f"{args.output}.rank{info.rank}")
+    finally:
+        teardown()
+    return 0
+
+
+def torchrun_job(job: dict, nproc: int, workdir: str | None = None, *, rank_outputs: bool = False,
+                 master_port: int = 29500, timeout_s: float | None = None, env: dict | None = None):
+    """Run ``job`` on ``nproc`` local processes through torchrun and return rank 0's TrainResult
+    (with ``rank_outputs``: the list of every rank's result). RuntimeError with the output tail
+    when torchrun fails."""
+    with tempfile.TemporaryDirectory(prefix="sso-torchrun-", dir=workdir) as tmp:
+        job_path, out = os.path.join(tmp, "job.pkl"), os.path.join(tmp, "result.pkl")
+        _write(job, job_path)
+        args = ["--input", job_path, "--output", out] + (["--rank-outputs"] if rank_outputs else [])
+        proc = subprocess.run(torchrun_command(nproc, args, master_port=master_port), capture_output=True,
+                              text=True, timeout=timeout_s, env={**os.environ, **(env or {})})
+        if proc.returncode != 0:
+            raise RuntimeError(f"torchrun exited with {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
+        paths = [out] + ([f"{out}.rank{r}" for r in range(1, nproc)] if rank_outputs else [])
+        results = []
+        for path in paths:
+            with open(path, "rb") as fh:
+                results.append(pickle.load(fh))
+    return results if rank_outputs else results[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
