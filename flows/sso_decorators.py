@@ -121,9 +121,11 @@ class compute_defaults(FlowMutator):
 
 @user_step_decorator
 def failure_point(step_name, flow, inputs=None, attributes=None):
-    """Raise in the step that ``$SSO_FAIL_AT_STEP`` names (read when the task runs); else a no-op."""
-    if os.environ.get(FAIL_ENV) == step_name:
-        raise RuntimeError(f"{FAIL_ENV}={step_name}: injected failure")
+    """Raise in the step that ``$SSO_FAIL_AT_STEP`` names (read when the task runs); else a no-op.
+    ``<step>@<t>`` fails only iteration t of a looping step (``online_iteration``)."""
+    target, _, at = os.environ.get(FAIL_ENV, "").partition("@")
+    if target == step_name and (not at or int(at) == getattr(flow, "iteration", 0) + 1):
+        raise RuntimeError(f"{FAIL_ENV}={os.environ[FAIL_ENV]}: injected failure")
     yield
 
 

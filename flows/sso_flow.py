@@ -11,17 +11,23 @@ Steps:
     generate_principles   [foreach shard] one good/bad principle pair per query (cached in the datastore)
     sample_responses      [same shard] y+ | x+, y- | x-, y_o | x from the initial policy; base answers
     join_samples          principles, sso_triples, pbaa_pairs, base_answers, sampling_report
-    train_generator       the SSO data generator (LoRA, SSO loss)
+    route_training        [switch on [run] mode] offline: generators then arms; online: the loop
+    fan_out_generators    one branch per generator variant (sso, lambda = 0, gamma = 0, sweep points)
+    train_generator       [foreach variant] an SSO data generator (LoRA, SSO loss)
     generate_preferences  [foreach shard] y+ | x+, y- | x- from the generator
-    join_preferences      sso_pairs (prompt, chosen, rejected)
+    join_preferences      sso_pairs of one generator (prompt, chosen, rejected)
+    join_generators       generator_pairs, generator_adapters, ... by variant
+    online_iteration      [online; loops on itself T times] train the policy with the online SSO
+                          loss from the previous iteration's policy; sample the next triples
     fan_out_arms          one branch per arm
-    train_policy          [foreach arm: sso, pbaa] DPO/IPO from the initial policy
+    train_policy          [foreach arm] DPO/IPO/SimPO (or the online loss) from the initial policy
     generate_answers      the arm's policy answers the eval queries
     judge                 pairwise judge vs the base answers, both orders
     compare               results: one row per arm
     end                   printed summary and exported files
 
-The Metaflow layer is this file and its neighbours (``sso_decorators.py``: config-driven step
+The Metaflow layer is this file and its neighbours (``sso_arms.py``: what each arm trains on;
+``sso_decorators.py``: config-driven step
 decorators; ``sso_checkpoints.py``: training checkpoints in the datastore; ``sso_store.py``: caches
 in the datastore; ``sso_cards.py``: card components); ``sso/`` and ``steps/`` never import metaflow at
 module load. Each step hands plain data to one ``steps.<name>`` function and stores what it returns.
@@ -42,6 +48,7 @@ from sso_checkpoints import checkpoint_dirs, datastore_checkpoints  # training c
 from sso_decorators import (  # config-driven @resources/@timeout/@secrets; failure hooks for tests
     compute, compute_defaults, kill_hook, secrets_from_config)
 from sso_store import shared_store  # caches (judge answers, principle replies) in the flow's datastore
+import sso_arms  # noqa: E402  (flows/sso_arms.py: what each arm trains on, how, and at what cost)
 import sso_cards  # noqa: E402  (flows/sso_cards.py: sso.report.cards specs -> card components, live training card)
 
 # Make `sso` and `steps` importable when the flow runs from a source checkout (locally, and on
@@ -116,10 +123,8 @@ class SSOFlow(FlowSpec):
         return load_tokenizer(self.model_path, revision=m.revision, trust_remote_code=m.trust_remote_code)
 
     def arm_pairs(self, arm: str):
-        """The preference pairs an arm trains on (and whose accuracy the judge measures)."""
-        from sso.arms import ARMS
-
-        return getattr(self, ARMS[arm].pairs)
+        """The preference pairs of an arm (``sso_arms.arm_pairs``)."""
+        return sso_arms.arm_pairs(self, arm)
 
     def train(self, title: str, train_cfg, fn, *args):
         """Run a training step function (its last argument: the examples) with a live card."""
@@ -201,7 +206,22 @@ class SSOFlow(FlowSpec):
         print(f"principles: {self.principles_report}\nsampling: {self.sampling_report}")
         sso_cards.show(current.card["samples"], build_samples_card(self.sampling_report, self.sso_triples,
                        self.pbaa_pairs, self.principles, self.query_report, self.principles_report))
-        self.next(self.train_generator)
+        self.next(self.route_training)
+
+    @step
+    def route_training(self):
+        """Offline (the published SSO): generators, then DPO arms; online (the earlier SSO): the
+        policy trained iteration after iteration (a self-looping step)."""
+        from steps.route_training import initial_artifacts
+
+        for name, value in initial_artifacts(self.conf, self.sso_triples).items():
+            setattr(self, name, value)
+        self.next({"offline": self.fan_out_generators, "online": self.online_iteration}, condition="mode")
+
+    @step
+    def fan_out_generators(self):
+        """One generator per variant the arms need ([generator] as is, lambda = 0, gamma = 0, sweep points)."""
+        self.next(self.train_generator, foreach="generators")
 
     @retry(times=1, minutes_between_retries=0)
     @compute(resources=cfg.resources.train)
@@ -209,12 +229,15 @@ class SSOFlow(FlowSpec):
     @card(type="blank", id="training")
     @step
     def train_generator(self):
-        """Train the data generator with the SSO loss (LoRA)."""
+        """[foreach generator variant] Train a data generator with the SSO loss (LoRA)."""
+        from sso.arms import generator_config, plan_run
         from sso.generation.shards import preference_shards
         from steps.train_generator import train_generator
 
+        self.generator = self.input
+        gen_cfg = generator_config(self.conf.generator, plan_run(self.conf).generators[self.generator])
         self.generator_adapter, self.generator_history, self.generator_summary = self.train(
-            "Generator (SSO loss)", self.conf.generator, train_generator, self.sso_triples)
+            f"Generator {self.generator} (SSO loss)", gen_cfg, train_generator, self.generator, self.sso_triples)
         self.pref_shards = preference_shards(self.shards)
         self.next(self.generate_preferences, foreach="pref_shards")
 
@@ -231,19 +254,49 @@ class SSOFlow(FlowSpec):
 
     @step
     def join_preferences(self, inputs):
-        """sso_pairs: (plain prompt, chosen = y+, rejected = y-) from the generator."""
+        """sso_pairs of one generator: (plain prompt, chosen = y+, rejected = y-)."""
         from steps.join_preferences import join_preferences
 
         self.merge_artifacts(inputs, exclude=["shard_preferences"])
         self.sso_pairs, self.preference_report = join_preferences(
             [i.shard_preferences for i in inputs], self.queries, capped=self.conf.sampling.capped)
-        print(f"preferences: {self.preference_report}")
+        print(f"preferences[{self.generator}]: {self.preference_report}")
+        self.next(self.join_generators)
+
+    @step
+    def join_generators(self, inputs):
+        """Every generator's adapter, history, summary and pairs, by variant (``sso_pairs`` and
+        ``generator_*``: the [generator] variant's, when the run trains it)."""
+        from steps.join_generators import join_generators
+
+        self.merge_artifacts(inputs, exclude=PER_GENERATOR)
+        for name, value in join_generators([{a: getattr(i, a) for a in PER_GENERATOR} for i in inputs]).items():
+            setattr(self, name, value)
         self.next(self.fan_out_arms)
+
+    @retry(times=1, minutes_between_retries=0)
+    @compute(resources=cfg.resources.train)
+    @datastore_checkpoints   # checkpoint dir in SSO_CHECKPOINT_DIR, kept across retried attempts
+    @card(type="blank", id="training")
+    @step
+    def online_iteration(self):
+        """[run] mode = online, iteration t (one task each): train the policy from iteration t-1's
+        (also the reference) with the online SSO loss on triples it sampled; sample the next ones."""
+        from steps.online_iteration import STATE, online_iteration, record_iteration
+
+        t, init = self.iteration + 1, (self.online_policies[-1] if self.online_policies else None)
+        out = self.train(f"Online iteration {t}", self.conf.policy, online_iteration, t, init, self.iteration_triples)
+        state = {name: getattr(self, name) for name in STATE}
+        for name, value in record_iteration(state, t, out, self.conf, sso_arms.resampler(self)).items():
+            setattr(self, name, value)
+        self.next({"again": self.online_iteration, "done": self.fan_out_arms}, condition="loop")
 
     @step
     def fan_out_arms(self):
-        """One policy-training branch per arm (Metaflow: a join cannot also be a split)."""
-        self.arms = list(self.conf.policy.arms)
+        """One policy branch per arm: [policy] arms, then sweep points or online iterations."""
+        from sso.arms import plan_run
+
+        self.arms = list(plan_run(self.conf).arms)
         self.next(self.train_policy, foreach="arms")
 
     @retry(times=1, minutes_between_retries=0)
@@ -252,15 +305,12 @@ class SSOFlow(FlowSpec):
     @card(type="blank", id="training")
     @step
     def train_policy(self):
-        """DPO/IPO/SimPO from the initial policy on this arm's pairs."""
-        from sso.arms import arm_policy_config
-        from steps.train_policy import train_policy
-
+        """DPO/IPO/SimPO from the initial policy on this arm's pairs; the online SSO loss on its
+        triples; an online iteration's policy as trained in the loop."""
         self.arm = self.input
         self.n_pairs = len(self.arm_pairs(self.arm))
-        policy = arm_policy_config(self.conf.policy, self.arm)
-        self.policy_adapter, self.policy_history, self.policy_summary = self.train(
-            f"Policy {self.arm} ({policy.loss})", policy, train_policy, self.arm, self.arm_pairs(self.arm))
+        self.policy_adapter, self.policy_history, self.policy_summary = sso_arms.arm_training(self, self.arm)
+        self.arm_info = sso_arms.arm_costs(self, self.arm)
         self.next(self.generate_answers)
 
     @retry(times=1, minutes_between_retries=0)
@@ -328,8 +378,10 @@ class SSOFlow(FlowSpec):
 
 JOINED_SAMPLES = ["principles", "principles_report", "shards", "sso_triples", "pbaa_pairs", "base_answers",
                   "sampling_report"]
-PER_ARM = ["arm", "n_pairs", "policy_adapter", "policy_history", "policy_summary", "answers",
+PER_ARM = ["arm", "n_pairs", "arm_info", "policy_adapter", "policy_history", "policy_summary", "answers",
            "judgments", "judge_metrics", "judge_usage"]
+PER_GENERATOR = ["generator", "generator_adapter", "generator_history", "generator_summary", "sso_pairs",
+                 "preference_report"]
 
 
 if __name__ == "__main__":

@@ -324,6 +324,10 @@ def _cross_checks(cfg: SSOConfig) -> None:
         raise ConfigError("[principles] model must name the endpoint's model when backend = 'openai'")
     if p.source == "model" and p.base_url and p.backend != "openai":
         raise ConfigError("[principles] base_url is only used with backend = 'openai'")
+    from sso.arms import online_mode_error
+
+    if online_mode_error(cfg):
+        raise ConfigError(online_mode_error(cfg))
     if cfg.judge.backend == "openai" and not cfg.judge.model.strip():
         raise ConfigError("[judge] model must be set when backend = 'openai'")
 

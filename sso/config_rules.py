@@ -50,6 +50,8 @@ _LORA_RULES = {
 _NO_SPACE = (lambda v: v == v.strip() and " " not in v, "must not contain spaces")
 _RES_RULES = {"cpu": _POSITIVE, "memory": _POSITIVE, "gpu": _NONNEG, "nodes": _POSITIVE, "timeout_minutes": _NONNEG,
               "image": _NO_SPACE, "queue": _NO_SPACE, "shared_memory": _NONNEG}
+_SWEEP = (lambda v: all(x >= 0 for x in v) and len(set(v)) == len(v) and len(v) <= 10,
+          "must be a list of at most 10 distinct numbers >= 0")
 _KEY_ENV = (lambda v: v.replace("_", "").isalnum() and not v.startswith("sk-"),
             "must be the NAME of an environment variable (e.g. OPENAI_API_KEY), never the key itself")
 
@@ -116,8 +118,7 @@ RULES: dict[str, dict[str, tuple]] = {
             "iterations": (lambda v: 1 <= v <= 20, "must be between 1 and 20")},
     "generator": _TRAIN_RULES,
     "generator.lora": _LORA_RULES,
-    "generator.sweep": {"gamma": (lambda v: all(x >= 0 for x in v), "must be a list of numbers >= 0"),
-                        "lam": (lambda v: all(x >= 0 for x in v), "must be a list of numbers >= 0")},
+    "generator.sweep": {"gamma": _SWEEP, "lam": _SWEEP},
     "policy.online": {"loss": (lambda v: v in ("dpo", "ipo"), "must be one of: dpo, ipo"),
                       "theta": _NONNEG, "alpha": _PROB},
     "policy": {

@@ -1,6 +1,9 @@
-"""Step ``train_generator``: train the SSO data generator (LoRA on the initial policy).
+"""Step ``train_generator`` (one foreach task per generator variant): train an SSO data generator
+(LoRA on the initial policy) with ``[generator]`` and the variant's overrides
+(:func:`sso.arms.plan_run`: ``sso`` as written, ``no_minus`` lambda = 0, ``no_sft`` gamma = 0, sweep
+points).
 
-Inputs: ``sso_triples`` (query_id, prompt, good_principle, bad_principle, y_plus, y_minus, y_o,
+Inputs: the variant name, ``sso_triples`` (query_id, prompt, good_principle, bad_principle, y_plus, y_minus, y_o,
 their ``*_finished`` flags and the rendered x_plus / x_minus carried from sampling), the config
 and the resolved model path. The prompts are the very strings the responses were sampled from
 (rendered once, in ``generate_principles``); triples without them are rendered here with the
@@ -21,9 +24,10 @@ from sso.generation.chat import carried_prompts
 FINISHED = ["y_plus_finished", "y_minus_finished", "y_o_finished"]
 
 
-def train_generator(sso_triples: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
+def train_generator(variant: str, sso_triples: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
                     checkpoint_dir: str | None = None, progress: bool = True, on_log=None,
                     resume_dirs=()):
+    from sso.arms import generator_config, plan_run
     from sso.training.trainer import train_sso
 
     if sso_triples.empty:
@@ -35,7 +39,8 @@ def train_generator(sso_triples: pd.DataFrame, cfg: SSOConfig, model_path: str, 
         "y_plus": sso_triples["y_plus"], "y_minus": sso_triples["y_minus"], "y_o": sso_triples["y_o"],
         **{c: sso_triples[c] for c in FINISHED if c in sso_triples},
     })
-    result = train_sso(model_path, triples, cfg.generator, cfg.model, seed=cfg.run.seed,
+    gen_cfg = generator_config(cfg.generator, plan_run(cfg).generators[variant])
+    result = train_sso(model_path, triples, gen_cfg, cfg.model, seed=cfg.run.seed,
                        checkpoint_dir=checkpoint_dir, progress=progress, on_log=on_log,
                        resume_dirs=resume_dirs)
     return result.adapter, result.history, result.summary

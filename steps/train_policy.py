@@ -1,6 +1,8 @@
-"""Step ``train_policy`` (one foreach task per arm): DPO/IPO/SimPO from the initial policy.
+"""Step ``train_policy`` (one foreach task per arm): DPO/IPO/SimPO from the initial policy, or
+(the ``online_sso`` arm) the online SSO loss on the initial policy's triples.
 
-The arm's loss is ``[policy] loss`` unless the arm overrides it (:data:`sso.arms.ARMS`).
+The arm's loss is ``[policy] loss`` unless the arm overrides it (:data:`sso.arms.ARMS`); an online
+arm's base loss is ``[policy.online] loss``. Online-iteration arms are trained in the loop, not here.
 
 Inputs: the arm name, its preference pairs (query_id, prompt, chosen, rejected, and when carried
 ``chosen_finished`` / ``rejected_finished`` and the rendered plain prompt ``x_plain``), the config
@@ -25,8 +27,17 @@ FINISHED = ["chosen_finished", "rejected_finished"]
 def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
                  checkpoint_dir: str | None = None, progress: bool = True, on_log=None,
                  resume_dirs=()):
-    from sso.training.trainer import train_dpo
+    from sso.arms import plan_run
+    from sso.training.trainer import train_dpo, train_online
 
+    spec = plan_run(cfg).arms[arm]
+    if spec.kind == "online":
+        from sso.generation.shards import online_table
+
+        result = train_online(model_path, online_table(pairs, cfg, model_path), arm_policy_config(cfg.policy, spec),
+                              cfg.model, seed=cfg.run.seed, checkpoint_dir=checkpoint_dir, progress=progress,
+                              on_log=on_log, resume_dirs=resume_dirs)
+        return result.adapter, result.history, result.summary
     if pairs.empty:
         raise ValueError(f"arm {arm!r} has no preference pairs to train on")
     (x_plain,) = carried_prompts(pairs, cfg, model_path, ("x_plain",))
@@ -35,7 +46,7 @@ def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str,
         "chosen": pairs["chosen"], "rejected": pairs["rejected"],
         **{c: pairs[c] for c in FINISHED if c in pairs},
     })
-    result = train_dpo(model_path, table, arm_policy_config(cfg.policy, arm), cfg.model, seed=cfg.run.seed,
+    result = train_dpo(model_path, table, arm_policy_config(cfg.policy, spec), cfg.model, seed=cfg.run.seed,
                        checkpoint_dir=checkpoint_dir, progress=progress, on_log=on_log,
                        resume_dirs=resume_dirs)
     return result.adapter, result.history, result.summary

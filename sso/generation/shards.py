@@ -109,3 +109,38 @@ def select_rows(df: pd.DataFrame, ids: list) -> pd.DataFrame:
     if unknown:
         raise KeyError(f"unknown query ids in shard: {unknown[:5]}")
     return by_id.loc[list(ids)].reset_index(drop=True)
+
+
+def triples_as_pairs(triples: pd.DataFrame) -> pd.DataFrame:
+    """SSO triples as (prompt, chosen = y+, rejected = y-) pairs: what an arm trained on triples
+    prefers, for the judge's preference-data accuracy."""
+    keep = ["query_id", "prompt", "y_plus", "y_minus", *principle_columns(triples),
+            *[c for c in ("y_plus_finished", "y_minus_finished", "x_plain") if c in triples]]
+    return triples[keep].rename(columns={"y_plus": "chosen", "y_minus": "rejected",
+                                         "y_plus_finished": "chosen_finished",
+                                         "y_minus_finished": "rejected_finished"}).reset_index(drop=True)
+
+
+def merged_shard(shards: list[dict]) -> dict:
+    """All train rows of ``shards`` as one shard without eval rows (one sampler for all of them)."""
+    parts = preference_shards(shards)
+    return {"index": 0, "query_ids": [q for s in parts for q in s["query_ids"]], "eval_ids": [],
+            "rows": pd.concat([s["rows"] for s in parts], ignore_index=True),
+            "eval_rows": parts[0]["eval_rows"] if parts else pd.DataFrame()}
+
+
+ONLINE_FINISHED = ["y_plus_finished", "y_minus_finished", "y_o_finished"]
+
+
+def online_table(triples: pd.DataFrame, cfg, model_path: str) -> pd.DataFrame:
+    """The online objective's table: plain, good- and bad-principle prompts with y+, y-, y_o."""
+    if triples.empty:
+        raise ValueError("no SSO triples to train on (all sampled records were degenerate); see sampling_report")
+    from sso.generation.chat import carried_prompts
+
+    x_plain, x_plus, x_minus = carried_prompts(triples, cfg, model_path, ("x_plain", "x_plus", "x_minus"))
+    return pd.DataFrame({
+        "query_id": triples["query_id"], "prompt_text": x_plain, "x_plus": x_plus, "x_minus": x_minus,
+        "y_plus": triples["y_plus"], "y_minus": triples["y_minus"], "y_o": triples["y_o"],
+        **{c: triples[c] for c in ONLINE_FINISHED if c in triples},
+    })

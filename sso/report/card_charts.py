@@ -140,3 +140,26 @@ def outcome_chart(arm_rows: list[dict]) -> dict:
                                "scale": {"domain": ["win", "tie", "loss", "unparsable"]}},
                      "tooltip": [{"field": "arm"}, {"field": "outcome"}, {"field": "pairs"}]},
     }
+
+
+def sweep_chart(sweep_rows: list[dict]) -> dict:
+    """Win rate vs base by generator gamma (log scale), one line per lambda, with 95% CIs."""
+    values = [{"gamma": plain(r["gamma"]), "lambda": str(plain(r["lam"])), "win_rate": plain(r["win_rate"]),
+               "ci_low": plain(r["win_rate_ci_low"]), "ci_high": plain(r["win_rate_ci_high"]), "arm": str(r["arm"])}
+              for r in sweep_rows]
+    x = {"field": "gamma", "type": "quantitative", "title": "generator gamma (SFT weight)",
+         "scale": {"type": "symlog", "constant": 0.01}}
+    color = {"field": "lambda", "type": "nominal", "title": "lambda"}
+    return {
+        "$schema": VEGA_SCHEMA, "title": "generator sweep: win rate vs base policy, 95% bootstrap CI",
+        "height": CHART_HEIGHT, "data": {"values": values},
+        "layer": [
+            {"mark": {"type": "line", "point": True},
+             "encoding": {"x": x, "y": {"field": "win_rate", "type": "quantitative", "title": "win rate",
+                                        "scale": {"domain": [0, 1]}}, "color": color,
+                          "tooltip": [{"field": "arm"}, {"field": "win_rate", "format": ".3f"}]}},
+            {"mark": {"type": "errorbar", "ticks": True},
+             "encoding": {"x": x, "y": {"field": "ci_low", "type": "quantitative"}, "y2": {"field": "ci_high"},
+                          "color": color}},
+        ],
+    }

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from sso.report.card_charts import build_training_charts, outcome_chart, metrics_chart, win_rate_chart
+from sso.report.card_charts import build_training_charts, metrics_chart, outcome_chart, sweep_chart, win_rate_chart
 from sso.report.card_specs import (RAW_JUDGE_LIMIT, TEXT_LIMIT, cell_text, fmt, is_missing, kv_table, markdown,
                                    records, table, truncate, vega)
 
@@ -136,7 +136,7 @@ def planned_steps(n_examples: int, train_cfg, seed: int) -> int:
 ARM_TABLE_HEADERS = ["arm", "pairs", "pref. accuracy", "on-policyness", "win rate", "95% CI",
                      "wins", "losses", "ties", "unparsable", "mean length", "base length",
                      "judge requests", "cost (USD)", "LC win rate", "LC 95% CI", "vs sso (h2h)",
-                     "h2h 95% CI", "win rate - sso's", "diff 95% CI"]
+                     "h2h 95% CI", "win rate - sso's", "diff 95% CI", "data from", "train s", "generator s"]
 
 
 def arm_table_row(r: dict) -> list:
@@ -147,7 +147,8 @@ def arm_table_row(r: dict) -> list:
             fmt(r.get("wins")), fmt(r.get("losses")), fmt(r.get("ties")), fmt(r.get("unparsable")),
             fmt(r.get("mean_answer_len"), 1), fmt(r.get("base_mean_answer_len"), 1),
             fmt(r.get("judge_requests")), fmt(r.get("judge_cost_usd"), 4),
-            *rate_with_ci(r, "lc_win_rate"), *rate_with_ci(r, "h2h_vs_sso"), *rate_with_ci(r, "win_rate_diff_vs_sso")]
+            *rate_with_ci(r, "lc_win_rate"), *rate_with_ci(r, "h2h_vs_sso"), *rate_with_ci(r, "win_rate_diff_vs_sso"),
+            cell_text(r.get("source")), fmt(r.get("train_seconds"), 1), fmt(r.get("generator_seconds"), 1)]
 
 
 def rate_with_ci(r: dict, key: str) -> list[str]:
@@ -233,11 +234,28 @@ def build_compare_card(results, judgments=None, answers=None, base_answers=None,
              "On-policyness: mean per-token probability of the arm's responses under the initial policy.")
     specs = [markdown(head), _arm_table(recs),
              vega("win_rate", win_rate_chart(recs)), vega("metrics", metrics_chart(recs)),
-             vega("outcomes", outcome_chart(recs))]
+             vega("outcomes", outcome_chart(recs)), *build_sweep_section(results)]
     if judgments is not None:
         specs.append(markdown(f"## Example judgments (first {n_examples} eval pairs per arm, both orders)"))
         specs += build_judgment_examples(judgments, answers, base_answers, n=n_examples)
     return specs
+
+
+def build_sweep_section(results) -> list[dict]:
+    """With a ``[generator.sweep]``: the generator-based arms by (gamma, lambda), table and chart."""
+    from sso.report.results import sweep_table
+
+    if "gamma" not in results or not results["arm"].astype(str).str.startswith("sweep_").any():
+        return []
+    recs = records(sweep_table(results))
+    return [markdown("## Generator sweep\nOne generator per (gamma, lambda) point, each point's pairs "
+                     "training its own policy; win rate vs the base policy with its 95% CI."),
+            table(["arm", "gamma", "lambda", "pairs", "win rate", "95% CI", "LC win rate", "LC 95% CI",
+                   "pref. accuracy", "generator s", "train s"],
+                  [[str(r["arm"]), fmt(r["gamma"], 4), fmt(r["lam"], 4), fmt(r["n_pairs"]),
+                    *rate_with_ci(r, "win_rate"), *rate_with_ci(r, "lc_win_rate"), fmt(r["pref_accuracy"]),
+                    fmt(r["generator_seconds"], 1), fmt(r["train_seconds"], 1)] for r in recs]),
+            vega("sweep", sweep_chart(recs))]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -142,11 +142,19 @@ def export_run(out_dir: str | os.PathLike, data: Any, *, run_info: dict[str, Any
     if data.generator_adapter is not None:
         adapters["generator"] = data.generator_adapter
         probes["generator"] = gen_summary.get("logits_probe")
+    preferences = {"sso": data.sso_pairs, "pbaa": data.pbaa_pairs}
+    main = getattr(data, "generator", None) or "sso"
+    variants = getattr(data, "generator_adapters", None) or {}
+    for name, files in variants.items():   # the other generator variants (ablations, sweep points)
+        if name != main:
+            adapters[f"generator-{name}"] = files
+            probes[f"generator-{name}"] = data.generator_summaries.get(name, {}).get("logits_probe")
+            preferences[f"generator-{name}"] = data.generator_pairs[name]
     for arm, files in data.policy_adapters.items():
         adapters[f"policy-{arm}"] = files
         probes[f"policy-{arm}"] = pol_summaries.get(arm, {}).get("logits_probe")
     return write_export(out_dir, results=data.results,
-                        preferences={"sso": data.sso_pairs, "pbaa": data.pbaa_pairs},
+                        preferences={k: v for k, v in preferences.items() if v is not None},
                         adapters=adapters, probes=probes, run_info=run_info)
 
 

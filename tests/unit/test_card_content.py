@@ -150,11 +150,37 @@ def test_arm_table_row_and_ci():
     row = cards.arm_table_row(RESULTS.iloc[0].to_dict())
     assert row[:14] == ["sso", "12", "0.750", "0.0002", "0.625", "[0.400, 0.800]", "9", "5", "2", "1",
                         "185.4", "188.9", "56", "0.0123"]
-    assert row[14:] == ["-", "[-, -]"] * 3                                # no LC / head-to-head given
+    assert row[14:20] == ["-", "[-, -]"] * 3                              # no LC / head-to-head given
+    assert row[20:] == ["", "-", "-"]                                      # no source / cost given
+    cost = cards.arm_table_row({**RESULTS.iloc[0].to_dict(), "source": "generator no_minus",
+                                "train_seconds": 12.34, "generator_seconds": 5.0})
+    assert cost[20:] == ["generator no_minus", "12.3", "5.0"]
     lc = cards.arm_table_row({**RESULTS.iloc[0].to_dict(), "lc_win_rate": 0.55, "lc_win_rate_ci_low": 0.4,
                               "lc_win_rate_ci_high": 0.7})
     assert lc[14:16] == ["0.550", "[0.400, 0.700]"]
     assert cards.arm_table_row(RESULTS.iloc[1].to_dict())[2] == "-"       # missing, not "nan"
+
+
+def test_compare_card_sweep_section_only_with_sweep_arms():
+    from sso.report.results import build_results
+
+    def arm(name, gamma, lam, win):
+        return {"arm": name, "n_pairs": 8, "train_summary": {"seconds": 2.0},
+                "metrics": {"win_rate": win, "win_rate_ci_low": win - 0.1, "win_rate_ci_high": win + 0.1},
+                "info": {"kind": "pairs", "source": f"generator {name}", "gamma": gamma, "lam": lam,
+                         "generator_seconds": 3.0, "train_seconds": 2.0}}
+    results = build_results([arm("sso", 0.1, 1.0, 0.5), arm("sweep_g1_l1", 1.0, 1.0, 0.7),
+                             arm("sweep_g0.01_l1", 0.01, 1.0, 0.6),
+                             {"arm": "pbaa", "n_pairs": 8, "metrics": {"win_rate": 0.4}}])
+    specs = cards.build_compare_card(results)
+    charts = {s["name"]: s["spec"] for s in _specs_of(specs, "vega")}
+    sweep = charts["sweep"]["data"]["values"]
+    assert [(v["arm"], v["gamma"], v["win_rate"]) for v in sweep] == [
+        ("sweep_g0.01_l1", 0.01, 0.6), ("sso", 0.1, 0.5), ("sweep_g1_l1", 1.0, 0.7)]   # by gamma; pbaa out
+    table = [s for s in _specs_of(specs, "table") if s["headers"][:3] == ["arm", "gamma", "lambda"]][0]
+    assert table["rows"][0][:6] == ["sweep_g0.01_l1", "0.0100", "1.0000", "8", "0.600", "[0.500, 0.700]"]
+    no_sweep = cards.build_compare_card(results[results["arm"].isin(["sso", "pbaa"])])
+    assert "sweep" not in {s["name"] for s in _specs_of(no_sweep, "vega")}
 
 
 def test_compare_card_table_charts_and_examples():
