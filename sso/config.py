@@ -217,7 +217,9 @@ class StepResources:
     cpu: int = 1
     memory: int = 4096                 # MiB
     gpu: int = 0                       # GPUs per node
-    nodes: int = 1                     # train: > 1 = multi-node training (@parallel + @torchrun)
+    nodes: int = 1                     # train: > 1 = multi-node training (@parallel + @torchrun; not built yet)
+    processes: int = 0                 # train: data-parallel processes under torchrun (DDP);
+                                       #   0 = one per GPU (gpu), and one on CPU
     timeout_minutes: int = 0           # 0 = no @timeout
     # Remote-only settings, applied when the step runs under @batch / @kubernetes (e.g. via
     # `run --with batch`); empty/0 = the --with value or the Metaflow profile's default.
@@ -324,6 +326,10 @@ def _cross_checks(cfg: SSOConfig) -> None:
         raise ConfigError("[principles] model must name the endpoint's model when backend = 'openai'")
     if p.source == "model" and p.base_url and p.backend != "openai":
         raise ConfigError("[principles] base_url is only used with backend = 'openai'")
+    if cfg.resources.train.nodes > 1:
+        raise ConfigError(
+            f"[resources.train] nodes = {cfg.resources.train.nodes}: multi-node training (@parallel + "
+            f"@torchrun) is not built yet; train on one node with gpu = N (one DDP process per GPU)")
     from sso.arms import online_mode_error
 
     if online_mode_error(cfg):

@@ -48,7 +48,7 @@ _LORA_RULES = {
     "target_modules": (lambda v: len(v) > 0, "must name at least one module"),
 }
 _NO_SPACE = (lambda v: v == v.strip() and " " not in v, "must not contain spaces")
-_RES_RULES = {"cpu": _POSITIVE, "memory": _POSITIVE, "gpu": _NONNEG, "nodes": _POSITIVE, "timeout_minutes": _NONNEG,
+_RES_RULES = {"cpu": _POSITIVE, "memory": _POSITIVE, "gpu": _NONNEG, "nodes": _POSITIVE, "processes": _NONNEG, "timeout_minutes": _NONNEG,
               "image": _NO_SPACE, "queue": _NO_SPACE, "shared_memory": _NONNEG}
 _SWEEP = (lambda v: all(x >= 0 for x in v) and len(set(v)) == len(v) and len(v) <= 10,
           "must be a list of at most 10 distinct numbers >= 0")

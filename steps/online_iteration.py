@@ -41,12 +41,12 @@ def adapter_sha256(adapter: dict[str, bytes] | None) -> str:
 def online_iteration(t: int, init_adapter, triples: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
                      checkpoint_dir: str | None = None, progress: bool = True, on_log=None, resume_dirs=()):
     """Train iteration ``t``; returns (adapter, history, summary)."""
-    from sso.training.trainer import train_online
+    from sso.training.launch import train_job, train_processes
 
-    result = train_online(model_path, online_table(triples, cfg, model_path),
-                          arm_policy_config(cfg.policy, ARMS["online_sso"]), cfg.model, seed=cfg.run.seed + t - 1,
-                          checkpoint_dir=checkpoint_dir, init_adapter=init_adapter, progress=progress,
-                          on_log=on_log, resume_dirs=resume_dirs)
+    result = train_job("online_sso", model_path, online_table(triples, cfg, model_path),
+                       arm_policy_config(cfg.policy, ARMS["online_sso"]), cfg.model, seed=cfg.run.seed + t - 1,
+                       nproc=train_processes(cfg.resources.train), checkpoint_dir=checkpoint_dir,
+                       init_adapter=init_adapter, progress=progress, on_log=on_log, resume_dirs=resume_dirs)
     summary = {**result.summary, "iteration": t, "init_adapter_sha256": adapter_sha256(init_adapter)}
     return result.adapter, result.history, summary
 

@@ -28,7 +28,7 @@ def train_generator(variant: str, sso_triples: pd.DataFrame, cfg: SSOConfig, mod
                     checkpoint_dir: str | None = None, progress: bool = True, on_log=None,
                     resume_dirs=()):
     from sso.arms import generator_config, plan_run
-    from sso.training.trainer import train_sso
+    from sso.training.launch import train_job, train_processes
 
     if sso_triples.empty:
         raise ValueError("no SSO triples to train the generator on (all sampled records were "
@@ -40,7 +40,7 @@ def train_generator(variant: str, sso_triples: pd.DataFrame, cfg: SSOConfig, mod
         **{c: sso_triples[c] for c in FINISHED if c in sso_triples},
     })
     gen_cfg = generator_config(cfg.generator, plan_run(cfg).generators[variant])
-    result = train_sso(model_path, triples, gen_cfg, cfg.model, seed=cfg.run.seed,
-                       checkpoint_dir=checkpoint_dir, progress=progress, on_log=on_log,
-                       resume_dirs=resume_dirs)
+    result = train_job("sso", model_path, triples, gen_cfg, cfg.model, seed=cfg.run.seed,
+                       nproc=train_processes(cfg.resources.train), checkpoint_dir=checkpoint_dir,
+                       progress=progress, on_log=on_log, resume_dirs=resume_dirs)
     return result.adapter, result.history, result.summary

@@ -28,15 +28,16 @@ def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str,
                  checkpoint_dir: str | None = None, progress: bool = True, on_log=None,
                  resume_dirs=()):
     from sso.arms import plan_run
-    from sso.training.trainer import train_dpo, train_online
+    from sso.training.launch import train_job, train_processes
 
     spec = plan_run(cfg).arms[arm]
+    run = dict(seed=cfg.run.seed, nproc=train_processes(cfg.resources.train), checkpoint_dir=checkpoint_dir,
+               progress=progress, on_log=on_log, resume_dirs=resume_dirs)
     if spec.kind == "online":
         from sso.generation.shards import online_table
 
-        result = train_online(model_path, online_table(pairs, cfg, model_path), arm_policy_config(cfg.policy, spec),
-                              cfg.model, seed=cfg.run.seed, checkpoint_dir=checkpoint_dir, progress=progress,
-                              on_log=on_log, resume_dirs=resume_dirs)
+        result = train_job("online_sso", model_path, online_table(pairs, cfg, model_path),
+                           arm_policy_config(cfg.policy, spec), cfg.model, **run)
         return result.adapter, result.history, result.summary
     if pairs.empty:
         raise ValueError(f"arm {arm!r} has no preference pairs to train on")
@@ -46,7 +47,5 @@ def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str,
         "chosen": pairs["chosen"], "rejected": pairs["rejected"],
         **{c: pairs[c] for c in FINISHED if c in pairs},
     })
-    result = train_dpo(model_path, table, arm_policy_config(cfg.policy, spec), cfg.model, seed=cfg.run.seed,
-                       checkpoint_dir=checkpoint_dir, progress=progress, on_log=on_log,
-                       resume_dirs=resume_dirs)
+    result = train_job("dpo", model_path, table, arm_policy_config(cfg.policy, spec), cfg.model, **run)
     return result.adapter, result.history, result.summary

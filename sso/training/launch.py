@@ -110,5 +110,40 @@ def torchrun_job(job: dict, nproc: int, workdir: str | None = None, *, rank_outp
     return results if rank_outputs else results[0]
 
 
+def free_port() -> int:
+    """A free local TCP port for torchrun's rendezvous (parallel training tasks on one machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train_processes(resources) -> int:
+    """Data-parallel processes of a training step: ``processes``, else one per GPU, else one."""
+    return resources.processes or max(resources.gpu, 1)
+
+
+def train_job(objective: str, model_path: str, table, cfg, model_cfg, *, seed: int, nproc: int = 1,
+              on_log=None, **options: Any):
+    """Train in this process (``nproc`` 1) or on ``nproc`` local processes under torchrun (DDP:
+    gloo on CPU, nccl on GPUs); the TrainResult of rank 0 either way. Under torchrun ``on_log`` is
+    called with every history row once the job is done (the ranks run in other processes)."""
+    from sso.training import trainer
+
+    fn = {"dpo": trainer.train_dpo, "sso": trainer.train_sso, "online_sso": trainer.train_online}[objective]
+    if nproc <= 1:
+        return fn(model_path, table, cfg, model_cfg, seed=seed, on_log=on_log, **options)
+    log = logging.getLogger("sso.training")
+    log.info("train %s on %d processes under torchrun", objective, nproc)
+    options = {k: v for k, v in options.items() if k != "progress"}
+    result = torchrun_job(make_job(objective, table, cfg, model_cfg, model_path, seed, **options), nproc,
+                          master_port=free_port())
+    for row in result.history.to_dict("records") if on_log is not None else ():
+        on_log(row)
+    result.summary["processes"] = nproc
+    return result
+
+
 if __name__ == "__main__":
     sys.exit(main())
