@@ -223,16 +223,51 @@ def choose_backend(backend: str) -> str:
     return "vllm" if (has_cuda and vllm_available()) else "transformers"
 
 
+def full_model_files(files) -> bool:
+    """Whether trained files are a whole model (``[*] finetuning = "full"``), not a LoRA adapter."""
+    from sso.training.policy import is_full_model
+
+    return is_full_model(files)
+
+
+def _full_model_sampler(sampling_cfg, model_path: str, model_cfg, files: dict[str, bytes], seed: int) -> Sampler:
+    """A sampler over a fully fine-tuned model: its files written to a scratch directory beside the
+    base model's tokenizer files, removed again when the sampler is closed."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from sso.training.policy import write_model_files
+
+    tmp = tempfile.mkdtemp(prefix="sso-full-model-")
+    write_model_files(files, tmp)
+    for src in Path(model_path).iterdir():         # tokenizer, chat template: everything but weights
+        if src.is_file() and src.name not in files and not src.name.endswith((".safetensors", ".bin", ".pt")):
+            shutil.copy(src, Path(tmp) / src.name)
+    sampler = make_sampler(sampling_cfg, tmp, model_cfg, seed=seed)
+    close = sampler.close
+
+    def close_and_remove():
+        close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    sampler.close = close_and_remove
+    return sampler
+
+
 def make_sampler(sampling_cfg, model_path: str, model_cfg, *, adapter: dict[str, bytes] | None = None,
                  seed: int = 0) -> Sampler:
     """The sampler a ``[sampling]``-shaped table names (``backend``: auto | transformers | vllm).
 
     ``sampling_cfg`` needs ``backend`` and ``batch_size``; for vLLM also the engine options
     (:func:`sso.generation.vllm_sampler.engine_options` reads them, defaults where absent). ``seed``
-    is the engine seed (vLLM); per-request seeds come from :class:`GenerationParams`.
+    is the engine seed (vLLM); per-request seeds come from :class:`GenerationParams`. ``adapter``:
+    LoRA adapter files, or the files of a fully fine-tuned model (sampled as the model itself).
     """
     chosen = choose_backend(sampling_cfg.backend)
     log.info("sampling backend: %s", chosen)
+    if adapter is not None and full_model_files(adapter):
+        return _full_model_sampler(sampling_cfg, model_path, model_cfg, adapter, seed)
     if chosen == "transformers":
         return TransformersSampler(model_path, dtype=model_cfg.dtype, device=model_cfg.device,
                                    batch_size=sampling_cfg.batch_size, adapter=adapter,

@@ -70,11 +70,17 @@ def _write_adapter_entry(out: Path, name: str, adapter_files: dict[str, bytes], 
                          written: dict[str, str], files: list[dict]) -> dict[str, Any]:
     """Write one adapter directory; add its path to ``written`` and its files to ``files``;
     return its manifest entry."""
-    d = write_adapter(adapter_files, out / "adapters" / name)
+    from sso.training.policy import is_full_model, write_model_files
+
+    full = is_full_model(adapter_files)   # [*] finetuning = "full": a from_pretrained directory
+    d = (write_model_files if full else write_adapter)(adapter_files, out / "adapters" / name)
     written[f"adapter_{name.replace('-', '_')}"] = str(d)
-    config = json.loads((d / "adapter_config.json").read_text())
     files.extend(_file_entry(out, f) for f in sorted(d.iterdir()))
-    return {"path": d.relative_to(out).as_posix(), "base_model_name_or_path": config.get("base_model_name_or_path"),
+    if full:
+        return {"path": d.relative_to(out).as_posix(), "kind": "full_model", "logits_probe": probe}
+    config = json.loads((d / "adapter_config.json").read_text())
+    return {"path": d.relative_to(out).as_posix(), "kind": "lora",
+            "base_model_name_or_path": config.get("base_model_name_or_path"),
             "r": config.get("r"), "target_modules": config.get("target_modules"), "logits_probe": probe}
 
 
@@ -191,6 +197,8 @@ def load_adapter_model(export_dir: str | os.PathLike, name: str, *, base_model: 
     entry = manifest.get("adapters", {}).get(name)
     if entry is None:
         raise KeyError(f"no adapter {name!r} in {export_dir}; have {sorted(manifest.get('adapters', {}))}")
+    if entry.get("kind") == "full_model":     # a fully fine-tuned model: the directory is the model
+        return load_model(str(Path(export_dir) / entry["path"]), dtype=dtype, device=device)
     if base_model is None:
         base_model = entry.get("base_model_name_or_path") or manifest.get("model", "")
         if not os.path.isdir(base_model) and manifest.get("model") == TINY_NAME:
