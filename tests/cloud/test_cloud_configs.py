@@ -36,3 +36,42 @@ def test_remote_keys_are_validated(text, expected):
     with pytest.raises(ConfigError) as exc:
         parse_config_text(text)
     assert expected in str(exc.value)
+
+
+# Llama-3-8B / Qwen2.5 shapes (public config.json values): the memory check needs no download
+SHAPES = {
+    "configs/paper.toml": {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256,
+                           "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8},
+    "configs/aws-batch.toml": {"hidden_size": 3584, "num_hidden_layers": 28, "vocab_size": 152064,
+                               "intermediate_size": 18944, "num_attention_heads": 28, "num_key_value_heads": 4},
+    "configs/qwen2.5-0.5b-gpu.toml": {"hidden_size": 896, "num_hidden_layers": 24, "vocab_size": 151936,
+                                      "intermediate_size": 4864, "num_attention_heads": 14,
+                                      "num_key_value_heads": 2, "tie_word_embeddings": True},
+}
+GPU_GB = {"configs/paper.toml": 80, "configs/aws-batch.toml": 24, "configs/qwen2.5-0.5b-gpu.toml": 24}
+
+
+@pytest.mark.parametrize("path", sorted(SHAPES))
+def test_gpu_configs_fit_the_gpu_they_name_by_the_memory_estimate(path):
+    import dataclasses
+
+    from sso.training.memory import check_fits, estimate_training_memory
+
+    cfg = load_config(path)
+    model = dataclasses.replace(cfg.model, dtype="bfloat16")
+    for train, seqs in ((cfg.generator, 4), (cfg.policy, 2)):
+        est = estimate_training_memory(SHAPES[path], train, model, n_gpus=max(cfg.resources.train.gpu, 1),
+                                       sequences_per_example=seqs)
+        assert check_fits(est, GPU_GB[path]) is None, (path, est["total"] / 2**30)
+
+
+@pytest.mark.parametrize("path", ["configs/aws-batch.toml", "configs/paper.toml"])
+def test_configs_for_remote_tasks_name_no_loopback_url_or_relative_path(path):
+    import os
+
+    cfg = load_config(path)
+    urls = [cfg.principles.base_url, cfg.judge.base_url]
+    assert not any(h in u for u in urls for h in ("127.0.0.1", "localhost")), urls
+    assert cfg.data.source == "builtin" or os.path.isabs(cfg.data.source), cfg.data.source
+    for train in (cfg.generator, cfg.policy):
+        assert train.finetuning == "full" or train.learning_rate >= 1e-5   # LoRA: not the full-FT 5e-7
