@@ -53,6 +53,9 @@ def arm_costs(flow, arm: str) -> dict:
     spec = arm_spec(flow, arm)
     generator = flow.generator_summaries.get(spec.generator, {}) if spec.generator else {}
     earlier = flow.online_summaries[:spec.iteration] if spec.kind == "iteration" else [flow.policy_summary]
+    if spec.kind == "iteration":       # iterative SSO: the iterations' generators, summed
+        generator = {"seconds": sum(s.get("generator_seconds", 0.0) for s in earlier),
+                     "tokens": sum(s.get("generator_tokens", 0) for s in earlier)}
     return arm_info(spec, flow.conf, generator, earlier)
 
 
@@ -79,3 +82,34 @@ def resampler(flow):
         return out["sso_triples"], {**out["sampling_report"], "iteration": t + 1}
 
     return resample
+
+
+def run_iteration(flow, t: int, init) -> dict:
+    """Iteration ``t`` of the loop: online SSO (one training) or iterative published SSO (the
+    generator from the last policy, its pairs, the policy on them); what ``record_iteration`` takes."""
+    from steps.online_iteration import iteration_generator, iteration_policy, online_iteration
+
+    cfg, triples = flow.conf, flow.iteration_triples
+    if cfg.run.mode == "online":
+        adapter, history, summary = flow.train(f"Online iteration {t}", cfg.policy, online_iteration, t, init, triples)
+        return {"adapter": adapter, "history": history, "summary": summary, "training_data": triples}
+    gen, _gen_history, gen_summary = flow.train(f"Iteration {t}: generator (SSO loss)", cfg.generator,
+                                                iteration_generator, t, init, triples)
+    pairs, report = generator_pairs(flow, gen, t)
+    adapter, history, summary = flow.train(f"Iteration {t}: policy ({cfg.policy.loss})", cfg.policy,
+                                           iteration_policy, t, init, pairs)
+    summary = {**summary, "generator_seconds": gen_summary["seconds"], "generator_tokens": gen_summary["tokens"],
+               "generator_final_loss": gen_summary["final_loss"], "preference_report": report}
+    return {"adapter": adapter, "history": history, "summary": summary, "training_data": pairs,
+            "generator_adapter": gen}
+
+
+def generator_pairs(flow, generator_adapter, t: int):
+    """The pairs the generator of iteration ``t`` samples over every train query (seed + t)."""
+    from sso.generation.shards import merged_shard
+    from steps.generate_preferences import generate_preferences
+    from steps.join_preferences import join_preferences
+
+    cfg_t = flow.conf.replace(**{"run.seed": flow.conf.run.seed + t})
+    frame = generate_preferences(merged_shard(flow.shards), generator_adapter, cfg_t, flow.model_path)
+    return join_preferences([frame], flow.queries, capped=flow.conf.sampling.capped)

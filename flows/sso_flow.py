@@ -216,7 +216,7 @@ class SSOFlow(FlowSpec):
 
         for name, value in initial_artifacts(self.conf, self.sso_triples).items():
             setattr(self, name, value)
-        self.next({"offline": self.fan_out_generators, "online": self.online_iteration}, condition="mode")
+        self.next({"offline": self.fan_out_generators, "loop": self.online_iteration}, condition="route")
 
     @step
     def fan_out_generators(self):
@@ -280,12 +280,12 @@ class SSOFlow(FlowSpec):
     @card(type="blank", id="training")
     @step
     def online_iteration(self):
-        """[run] mode = online, iteration t (one task each): train the policy from iteration t-1's
-        (also the reference) with the online SSO loss on triples it sampled; sample the next ones."""
-        from steps.online_iteration import STATE, online_iteration, record_iteration
+        """[run] mode = online / iterative, iteration t (one task each): train the policy from
+        iteration t-1's (also the reference) on triples it sampled; sample the next ones."""
+        from steps.online_iteration import STATE, record_iteration
 
         t, init = self.iteration + 1, (self.online_policies[-1] if self.online_policies else None)
-        out = self.train(f"Online iteration {t}", self.conf.policy, online_iteration, t, init, self.iteration_triples)
+        out = sso_arms.run_iteration(self, t, init)
         state = {name: getattr(self, name) for name in STATE}
         for name, value in record_iteration(state, t, out, self.conf, sso_arms.resampler(self)).items():
             setattr(self, name, value)

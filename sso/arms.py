@@ -8,8 +8,8 @@ Each arm is one branch of the ``train_policy`` foreach. An arm is one of three k
   under another base loss (``loss``: the same pairs under IPO or SimPO);
 - ``online``: the earlier online SSO loss trained on the policy itself from the initial policy's
   triples (``sso_triples``: x, x+, x-, y+, y-, y_o; one iteration of ``[run] mode = "online"``);
-- ``iteration``: the policy of iteration t of ``[run] mode = "online"`` (trained in the online
-  loop; its arm only answers and is judged), named ``online_it<t>``.
+- ``iteration``: the policy of iteration t of ``[run] mode = "online"`` or ``"iterative"`` (trained
+  in the loop; its arm only answers and is judged), named ``online_it<t>``.
 
 A ``[generator.sweep]`` point adds a generator variant and a ``pairs`` arm on its pairs, both named
 ``sweep_g<gamma>_l<lam>``. Adding a fixed arm is one entry in :data:`ARMS`; a generator variant one
@@ -72,9 +72,9 @@ def plan_run(cfg) -> Plan:
     """The generators and arms of a run (``cfg``: an :class:`sso.config.SSOConfig`), in order:
     ``[policy] arms`` first, then one arm per sweep point (offline) or per iteration (online)."""
     arms = {a: ARMS[a] for a in cfg.policy.arms}
-    if cfg.run.mode == "online":
+    if cfg.run.mode != "offline":
         arms.update({f"online_it{t}": Arm(kind="iteration", iteration=t,
-                                          what=f"the policy after online iteration {t}")
+                                          what=f"the policy after {cfg.run.mode} iteration {t}")
                      for t in range(1, cfg.run.iterations + 1)})
         return Plan({}, arms)
     generators = {arm.generator: GENERATORS[arm.generator] for arm in arms.values() if arm.generator}
@@ -96,7 +96,7 @@ def generator_config(generator_cfg, overrides: dict):
 def arm_policy_config(policy_cfg, arm: str | Arm):
     """``[policy]`` with the arm's loss override applied (an online arm: ``[policy.online] loss``)."""
     spec = ARMS[arm] if isinstance(arm, str) else arm
-    override = policy_cfg.online.loss if spec.kind in ("online", "iteration") else spec.loss
+    override = policy_cfg.online.loss if spec.kind == "online" else spec.loss
     return dataclasses.replace(policy_cfg, loss=override) if override else policy_cfg
 
 
@@ -110,13 +110,14 @@ def arm_source(arm: Arm) -> str:
 
 
 def online_mode_error(cfg) -> str | None:
-    """Why ``[policy] arms`` cannot run with ``[run] mode = "online"`` (which trains no generator)."""
-    if cfg.run.mode != "online":
+    """Why ``[policy] arms`` cannot run with ``[run] mode = "online"`` / ``"iterative"`` (which train
+    no offline generator)."""
+    if cfg.run.mode == "offline":
         return None
     bad = [a for a in cfg.policy.arms if ARMS[a].generator]
     if bad or cfg.generator.sweep.gamma or cfg.generator.sweep.lam:
         what = f"arms {', '.join(bad)} need" if bad else "[generator.sweep] needs"
-        return (f"[run] mode = 'online' trains no SSO generator, but {what} one: set [policy] arms to "
+        return (f"[run] mode = '{cfg.run.mode}' trains no offline SSO generator, but {what} one: set [policy] arms to "
                 f"some of {', '.join(ONLINE_MODE_ARMS)} (the iterations are added as arms online_it1..T)"
                 f"{'' if bad else ' and remove [generator.sweep]'}")
     return None

@@ -38,8 +38,10 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "out"           # where `end` exports preference data, adapters and tables
     mode: str = "offline"              # offline: the published SSO (generator, then DPO arms) |
-                                       #   online: the earlier iterative SSO (policy trained T times)
-    iterations: int = 3                # online mode: T iterations (sample, train, evaluate)
+                                       #   online: the earlier iterative SSO (policy trained T times
+                                       #   with the online loss) | iterative: the published SSO
+                                       #   repeated T times (generator and policy from the last policy)
+    iterations: int = 3                # online / iterative: T iterations (sample, train, evaluate)
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ RULES: dict[str, dict[str, tuple]] = {
                           "1, 8, 16, 32, 64, 128, 256, 320, 512"),
         "kv_cache_gb": _NONNEG,
     },
-    "run": {"mode": (lambda v: v in ("offline", "online"), "must be one of: offline, online"),
+    "run": {"mode": (lambda v: v in ("offline", "online", "iterative"), "must be one of: offline, online, iterative"),
             "iterations": (lambda v: 1 <= v <= 20, "must be between 1 and 20")},
     "generator": _TRAIN_RULES,
     "generator.lora": _LORA_RULES,

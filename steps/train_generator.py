@@ -19,9 +19,7 @@ from __future__ import annotations
 import pandas as pd
 
 from sso.config import SSOConfig
-from sso.generation.chat import carried_prompts
-
-FINISHED = ["y_plus_finished", "y_minus_finished", "y_o_finished"]
+from sso.generation.shards import generator_table
 
 
 def train_generator(variant: str, sso_triples: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
@@ -30,15 +28,7 @@ def train_generator(variant: str, sso_triples: pd.DataFrame, cfg: SSOConfig, mod
     from sso.arms import generator_config, plan_run
     from sso.training.launch import train_job, train_processes
 
-    if sso_triples.empty:
-        raise ValueError("no SSO triples to train the generator on (all sampled records were "
-                         "degenerate or no generator queries were configured); see sampling_report")
-    x_plus, x_minus = carried_prompts(sso_triples, cfg, model_path, ("x_plus", "x_minus"))
-    triples = pd.DataFrame({
-        "query_id": sso_triples["query_id"], "x_plus": x_plus, "x_minus": x_minus,
-        "y_plus": sso_triples["y_plus"], "y_minus": sso_triples["y_minus"], "y_o": sso_triples["y_o"],
-        **{c: sso_triples[c] for c in FINISHED if c in sso_triples},
-    })
+    triples = generator_table(sso_triples, cfg, model_path)
     gen_cfg = generator_config(cfg.generator, plan_run(cfg).generators[variant])
     result = train_job("sso", model_path, triples, gen_cfg, cfg.model, seed=cfg.run.seed,
                        nproc=train_processes(cfg.resources.train), checkpoint_dir=checkpoint_dir,

@@ -19,9 +19,7 @@ import pandas as pd
 
 from sso.arms import arm_policy_config
 from sso.config import SSOConfig
-from sso.generation.chat import carried_prompts
-
-FINISHED = ["chosen_finished", "rejected_finished"]
+from sso.generation.shards import policy_table
 
 
 def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
@@ -39,13 +37,6 @@ def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str,
         result = train_job("online_sso", model_path, online_table(pairs, cfg, model_path),
                            arm_policy_config(cfg.policy, spec), cfg.model, **run)
         return result.adapter, result.history, result.summary
-    if pairs.empty:
-        raise ValueError(f"arm {arm!r} has no preference pairs to train on")
-    (x_plain,) = carried_prompts(pairs, cfg, model_path, ("x_plain",))
-    table = pd.DataFrame({
-        "query_id": pairs["query_id"], "prompt_text": x_plain,
-        "chosen": pairs["chosen"], "rejected": pairs["rejected"],
-        **{c: pairs[c] for c in FINISHED if c in pairs},
-    })
+    table = policy_table(pairs, cfg, model_path, arm)
     result = train_job("dpo", model_path, table, arm_policy_config(cfg.policy, spec), cfg.model, **run)
     return result.adapter, result.history, result.summary

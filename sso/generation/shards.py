@@ -144,3 +144,33 @@ def online_table(triples: pd.DataFrame, cfg, model_path: str) -> pd.DataFrame:
         "y_plus": triples["y_plus"], "y_minus": triples["y_minus"], "y_o": triples["y_o"],
         **{c: triples[c] for c in ONLINE_FINISHED if c in triples},
     })
+
+
+def generator_table(triples: pd.DataFrame, cfg, model_path: str) -> pd.DataFrame:
+    """The SSO generator's training table: good- and bad-principle prompts with y+, y-, y_o."""
+    from sso.generation.chat import carried_prompts
+
+    if triples.empty:
+        raise ValueError("no SSO triples to train the generator on (all sampled records were "
+                         "degenerate or no generator queries were configured); see sampling_report")
+    x_plus, x_minus = carried_prompts(triples, cfg, model_path, ("x_plus", "x_minus"))
+    return pd.DataFrame({
+        "query_id": triples["query_id"], "x_plus": x_plus, "x_minus": x_minus,
+        "y_plus": triples["y_plus"], "y_minus": triples["y_minus"], "y_o": triples["y_o"],
+        **{c: triples[c] for c in ONLINE_FINISHED if c in triples},
+    })
+
+
+def policy_table(pairs: pd.DataFrame, cfg, model_path: str, arm: str = "") -> pd.DataFrame:
+    """A DPO-style training table: the plain prompt (the string eval answers are sampled from)
+    with chosen and rejected."""
+    from sso.generation.chat import carried_prompts
+
+    if pairs.empty:
+        raise ValueError(f"arm {arm!r} has no preference pairs to train on" if arm else "no preference pairs")
+    (x_plain,) = carried_prompts(pairs, cfg, model_path, ("x_plain",))
+    return pd.DataFrame({
+        "query_id": pairs["query_id"], "prompt_text": x_plain,
+        "chosen": pairs["chosen"], "rejected": pairs["rejected"],
+        **{c: pairs[c] for c in ("chosen_finished", "rejected_finished") if c in pairs},
+    })

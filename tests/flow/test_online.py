@@ -86,3 +86,26 @@ def test_two_online_iterations_then_resume_in_the_second(mf_env):
     assert results.loc["online_it2", "iteration"] == 2
     assert results.loc["online_it2", "train_seconds"] > results.loc["online_it1", "train_seconds"] > 0
     assert run.data.policy_adapters["online_it1"] == first.online_policies[0]
+
+
+def test_iterative_published_sso_retrains_generator_and_policy_from_the_last_policy(mf_env):
+    from metaflow import Runner
+
+    cfg = mf_env["root"] / "iterative.toml"
+    cfg.write_text(CONFIG.replace('mode = "online"', 'mode = "iterative"')
+                   + f'cache_dir = "{mf_env["root"] / "judge"}"\n')
+    with Runner(FLOW, show_output=False, cwd=mf_env["cwd"], env=mf_env["env"], config=[("cfg", str(cfg))]) as runner:
+        result = runner.run()
+        assert result.status == "successful", result.stderr[-5000:]
+        run = result.run
+    last = max(run["online_iteration"], key=lambda t: int(t.id)).data
+    assert len(last.online_generators) == len(last.online_policies) == 2
+    s1, s2 = last.online_summaries
+    assert s1["objective"] == s2["objective"] == "dpo" and s2["generator_seconds"] > 0
+    assert s2["init_adapter_sha256"] == _sha(last.online_policies[0])     # both stages start from policy 1
+    pairs1, pairs2 = last.online_training_data                            # the generators' pairs
+    assert {"chosen", "rejected"} <= set(pairs1.columns) and len(pairs2) > 0
+    assert last.online_generators[0] != last.online_generators[1]
+    results = run.data.results.set_index("arm")
+    assert list(results.index) == ["pbaa", "online_it1", "online_it2"]
+    assert results.loc["online_it2", "generator_seconds"] > results.loc["online_it1", "generator_seconds"] > 0

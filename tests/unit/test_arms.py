@@ -35,6 +35,8 @@ def test_sweep_points_add_a_generator_and_an_arm_each_in_grid_order():
 
 
 def test_online_mode_adds_one_arm_per_iteration_and_refuses_generator_arms():
+    assert list(plan_run(cfg(run={"mode": "iterative", "iterations": 2}, policy={"arms": ["pbaa"]})).arms) == [
+        "pbaa", "online_it1", "online_it2"]
     plan = plan_run(cfg(run={"mode": "online", "iterations": 3}, policy={"arms": ["pbaa", "online_sso"]}))
     assert plan.generators == {}
     assert list(plan.arms) == ["pbaa", "online_sso", "online_it1", "online_it2", "online_it3"]
@@ -44,7 +46,7 @@ def test_online_mode_adds_one_arm_per_iteration_and_refuses_generator_arms():
     with pytest.raises(ConfigError, match=r"\[generator.sweep\]"):
         validate(cfg(run={"mode": "online"}, generator={"sweep": {"gamma": [0.1]}}, policy={"arms": ["pbaa"]}))
     with pytest.raises(ConfigError, match=r"\[run\] mode must be one of"):
-        cfg(run={"mode": "iterative"})
+        cfg(run={"mode": "batch"})
     with pytest.raises(ConfigError, match=r"\[generator.sweep\] gamma must be a list of at most 10 distinct"):
         cfg(generator={"sweep": {"gamma": [0.1, 0.1]}})
 
