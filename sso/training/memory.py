@@ -167,7 +167,7 @@ def log_memory_estimate(model, cfg: TrainConfig, model_cfg: ModelConfig, n_gpus:
     except (TypeError, ValueError, KeyError) as exc:     # not a Llama-style config
         log.info("no memory estimate for this model: %s", exc)
         return {}
-    log.info("%s", format_memory_estimate(est))
+    print(format_memory_estimate(est), flush=True)    # before training, in the step's log
     if param.device.type == "cuda":
         warning = check_fits(est, torch.cuda.get_device_properties(param.device).total_memory / 2**30)
         if warning:

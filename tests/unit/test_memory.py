@@ -76,13 +76,12 @@ def test_8b_lora_and_unsharded_full_finetuning():
     assert zero2["weights"] == P_8B * 2 and zero2["grads"] == P_8B * 2 // 8
 
 
-def test_the_trainer_logs_its_estimate(tiny_model_path, pairs, caplog):
+def test_the_trainer_prints_its_estimate_before_training(tiny_model_path, pairs, capsys):
     c = TrainConfig(batch_size=4, max_steps=1)
-    with caplog.at_level(logging.INFO, logger="sso.training"):
-        res = train_dpo(tiny_model_path, pairs, c, ModelConfig(device="cpu", max_length=96), seed=0, progress=False)
+    res = train_dpo(tiny_model_path, pairs, c, ModelConfig(device="cpu", max_length=96), seed=0, progress=False)
     est = estimate_training_memory(tiny_model_path, c, ModelConfig(dtype="float32", max_length=96))
     assert res.summary["memory_estimate_gib"] == pytest.approx(est["total"] / 2**30)
-    assert format_memory_estimate(est) in caplog.text
+    assert format_memory_estimate(est) in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------
