@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-FLOW = str(Path(__file__).resolve().parents[2] / "flows" / "sso_flow.py")
+FLOW = str(Path(__file__).resolve().parents[2] / "flows" / "sso_online_flow.py")
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 CONFIG = """

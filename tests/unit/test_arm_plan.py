@@ -97,3 +97,17 @@ def test_online_objective_is_the_online_loss_of_its_six_sequences():
     torch.testing.assert_close(metrics["weight"], w)
     assert [r[1:] for r in ONLINE_OBJECTIVE.roles[:2]] == [("prompt_text", "y_plus"), ("prompt_text", "y_minus")]
     assert not math.isnan(float(losses.sum()))
+
+
+def test_each_flow_names_the_other_for_a_mode_it_does_not_run():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "flows"))
+    from sso_base import check_mode
+
+    check_mode("iterative", "SSOOnlineFlow", ("online", "iterative"))
+    with pytest.raises(ConfigError, match=r"mode = 'online' runs with SSOOnlineFlow: python flows/sso_online_flow.py"):
+        check_mode("online", "SSOFlow", ("offline",))
+    with pytest.raises(ConfigError, match=r"runs with SSOFlow: python flows/sso_flow.py"):
+        check_mode("offline", "SSOOnlineFlow", ("online", "iterative"))
