@@ -58,7 +58,6 @@ class SSOFlow(SSOBase):
             setattr(self, name, value)
         self.next(self.train_generator, foreach="generators")
 
-    @step
     @retry(times=1, minutes_between_retries=0)
     @compute(resources=cfg.resources.train)
     @datastore_checkpoints   # checkpoint dir in SSO_CHECKPOINT_DIR, kept across retried attempts

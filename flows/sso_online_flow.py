@@ -50,7 +50,6 @@ class SSOOnlineFlow(SSOBase):
             setattr(self, name, value)
         self.next(self.online_iteration)
 
-    @step
     @retry(times=1, minutes_between_retries=0)
     @compute(resources=cfg.resources.train)
     @datastore_checkpoints   # checkpoint dir in SSO_CHECKPOINT_DIR, kept across retried attempts
