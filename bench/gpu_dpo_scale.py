@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from gpu_train_mfu import SHAPES, count_params, peak_tflops  # noqa: E402  (same shapes and peaks)
+from gpu_train_mfu import SHAPES, count_params, peak_tflops, time_optimizer_steps  # noqa: E402  (same shapes, peaks, timing)
 
 
 def build_model(shape: str, mode: str, device, grad_ckpt: bool, lora_r: int):
@@ -73,7 +73,7 @@ def worker(args) -> None:
     from sso.training.distributed import dist_info, init_distributed, teardown, wrap_for_training
     from sso.training.memory import estimate_training_memory
     from sso.training.objectives import DPO_OBJECTIVE
-    from sso.training.trainer import TrainRun, make_optimizer, optimizer_step
+    from sso.training.trainer import TrainRun, make_optimizer
 
     info = init_distributed()
     device = torch.device("cuda", torch.cuda.current_device()) if args.device == "cuda" else torch.device("cpu")
@@ -88,18 +88,7 @@ def worker(args) -> None:
                    max_length=args.prompt_len + args.response_len, pad_id=0, dist=dist_info())
     run.ddp = wrap_for_training(model, run.dist)
     opt, sched = make_optimizer(model, cfg, total_steps=args.warmup + args.steps)
-    model.train()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(args.warmup):
-        optimizer_step(run, opt, sched, [list(range(n))])
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        optimizer_step(run, opt, sched, [list(range(n))])
-    sync()
-    dt = (time.perf_counter() - t0) / args.steps
+    dt = time_optimizer_steps(run, opt, sched, n, args.warmup, args.steps, device)
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     peak_mem = _max_over_ranks(peak_mem)
     seq_len = args.prompt_len + args.response_len

@@ -138,26 +138,36 @@ def peak_tflops(device, override: float | None) -> float | None:
     return None
 
 
-def bench_one(model, config, shape: str, objective: str, args, device) -> dict:
+def time_optimizer_steps(run, opt, sched, n: int, warmup: int, steps: int, device) -> float:
+    """Seconds per optimizer step over rows ``0..n-1`` after ``warmup`` untimed steps (CUDA:
+    synchronised; the peak-memory counter is reset after the warm-up)."""
     import torch
 
-    from sso.training.trainer import make_optimizer, optimizer_step
+    from sso.training.trainer import optimizer_step
 
-    n = args.examples or max(1, DEFAULT_SEQS[shape] // OBJECTIVES[objective])
-    run, cfg = make_run(model, objective, n, args.prompt_len, args.response_len, config.vocab_size)
-    opt, sched = make_optimizer(model, cfg, total_steps=args.warmup + args.steps)
-    model.train()
+    run.model.train()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(args.warmup):
+    for _ in range(warmup):
         optimizer_step(run, opt, sched, [list(range(n))])
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(steps):
         optimizer_step(run, opt, sched, [list(range(n))])
     sync()
-    dt = (time.perf_counter() - t0) / args.steps
+    return (time.perf_counter() - t0) / steps
+
+
+def bench_one(model, config, shape: str, objective: str, args, device) -> dict:
+    import torch
+
+    from sso.training.trainer import make_optimizer
+
+    n = args.examples or max(1, DEFAULT_SEQS[shape] // OBJECTIVES[objective])
+    run, cfg = make_run(model, objective, n, args.prompt_len, args.response_len, config.vocab_size)
+    opt, sched = make_optimizer(model, cfg, total_steps=args.warmup + args.steps)
+    dt = time_optimizer_steps(run, opt, sched, n, args.warmup, args.steps, device)
     n_seqs, seq_len = n * OBJECTIVES[objective], args.prompt_len + args.response_len
     needed, six_n = step_flops(config, model, n_seqs, seq_len, args.response_len)
     peak = peak_tflops(device, args.peak_tflops)
