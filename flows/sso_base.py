@@ -31,6 +31,7 @@ from sso_decorators import (  # config-driven @resources/@timeout/@secrets; fail
 from sso_store import shared_store  # caches (judge answers, principle replies) in the flow's datastore
 import sso_arms  # noqa: E402  (flows/sso_arms.py: what each arm trains on, how, and at what cost)
 import sso_cards  # noqa: E402  (flows/sso_cards.py: sso.report.cards specs -> card components, live training card)
+import sso_nodes  # noqa: E402  (flows/sso_nodes.py: multi-node training steps, @parallel + @torchrun)
 
 # Make `sso` and `steps` importable when the flow runs from a source checkout (locally, and on
 # remote tasks where @package_sources ships them next to this file's directory).
@@ -71,18 +72,25 @@ FLOW_OF_MODE = {"offline": ("SSOFlow", "flows/sso_flow.py"), "online": ("SSOOnli
                 "iterative": ("SSOOnlineFlow", "flows/sso_online_flow.py")}
 
 
-def check_mode(mode: str, flow_name: str, modes: tuple[str, ...]) -> None:
-    """A ConfigError naming the flow to run when ``[run] mode`` is not one this flow runs."""
+def check_mode(mode: str, flow_name: str, modes: tuple[str, ...], nodes: int = 1, multi_node: bool = False) -> None:
+    """A ConfigError naming the flow to run when ``[run] mode`` is not one this flow runs, or when
+    ``[resources.train] nodes`` > 1 asks for multi-node training of a flow that trains on one node."""
     if mode not in modes:
         name, path = FLOW_OF_MODE[mode]
         raise ConfigError(f"[run] mode = '{mode}' runs with {name}: python {path} --config cfg <config> run "
                           f"({flow_name} runs mode {' / '.join(repr(m) for m in modes)})")
+    if nodes > 1 and not multi_node:
+        raise ConfigError(f"[resources.train] nodes = {nodes} (multi-node training) runs with SSOMultiNodeFlow: "
+                          f"python flows/sso_multinode_flow.py --config cfg <config> run --with batch (or "
+                          f"--with kubernetes, argo-workflows create); {flow_name} trains on one node "
+                          f"(gpu = N there: one DDP process per GPU)")
 
 
 class SSOBase(FlowSpec):
     """The shared steps of the SSO flows (not a flow to run: see SSOFlow and SSOOnlineFlow)."""
 
     MODES: tuple[str, ...] = ()      # the [run] modes a flow runs
+    MULTI_NODE = False               # whether its training steps run on [resources.train] nodes
 
     cfg = Config("cfg", default=DEFAULT_CONFIG, parser=parse_config)
     n_queries = Parameter("n_queries", type=int, default=config_expr("cfg.data.n_queries"),
@@ -115,12 +123,18 @@ class SSOBase(FlowSpec):
         return sso_arms.arm_pairs(self, arm)
 
     def train(self, title: str, train_cfg, fn, *args):
-        """Run a training step function (its last argument: the examples) with a live card."""
+        """Run a training step function (its last argument: the examples) with a live card; on a
+        node of a multi-node step (``sso_nodes``) the nodes without rank 0 get (None, None, None)."""
         live = sso_cards.live_training_card(current.card["training"], title, len(args[-1]), train_cfg,
                                             self.conf.run.seed)
         ckpt_dir, origins = checkpoint_dirs()   # this task's, and on resume the origin run's
+        launcher = sso_nodes.node_launcher()
         adapter, history, summary = fn(*args, self.conf, self.model_path, on_log=kill_hook(current.step_name, live),
-                                       checkpoint_dir=ckpt_dir, resume_dirs=origins)
+                                       checkpoint_dir=ckpt_dir, resume_dirs=origins,
+                                       **({"launcher": launcher} if launcher else {}))
+        if summary is None:
+            print(f"{title}: node {launcher.node_index} of {launcher.nodes} done (node 0 holds the result)")
+            return adapter, history, summary
         live.finish(history, summary)
         print(f"{title}: {summary}")
         return adapter, history, summary
@@ -137,7 +151,8 @@ class SSOBase(FlowSpec):
             **{"data.n_queries": self.n_queries, "run.seed": self.seed})).to_dict()
         self.model_path_at_start = self.model_path
         self.versions = collect_versions()
-        check_mode(self.conf.run.mode, type(self).__name__, self.MODES)
+        check_mode(self.conf.run.mode, type(self).__name__, self.MODES, self.conf.resources.train.nodes,
+                   self.MULTI_NODE)
         print(f"model: {self.conf.model.name} -> {self.model_path_at_start}\n{format_estimate(self.conf)}")
         self.next(self.load_queries)
 

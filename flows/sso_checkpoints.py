@@ -41,10 +41,11 @@ def datastore_checkpoints(step_name, flow, inputs=None, attributes=None):
     origin = current.origin_run_id
     origin = str(origin) if origin and str(origin) != str(current.run_id) else None
     ds_type = getattr(getattr(flow, "_datastore", None), "TYPE", "local")
+    task, writer = _task_key()
     if ds_type == "s3" and DATATOOLS_S3ROOT:
-        local, origins, scratch, uploader = _s3_dirs(step_name, origin, interval)
+        local, origins, scratch, uploader = _s3_dirs(step_name, origin, interval, task, writer)
     else:
-        local, origins = _local_dirs(step_name, origin)
+        local, origins = _local_dirs(step_name, origin, task)
         scratch, uploader = [], None
     os.environ[CHECKPOINT_ENV] = local
     os.environ[ORIGINS_ENV] = os.pathsep.join(origins)
@@ -60,26 +61,40 @@ def datastore_checkpoints(step_name, flow, inputs=None, attributes=None):
         if uploader is not None:
             uploader.stop()
             uploader.upload_newest()
+        if ds_type == "s3" and DATATOOLS_S3ROOT:
             shutil.rmtree(local, ignore_errors=True)
-        elif ok:
+        elif ok and writer:
             _remove_local_checkpoints(local)
 
 
-def _local_dirs(step_name: str, origin: str | None) -> tuple[str, list[str]]:
+def _task_key() -> tuple[str, bool]:
+    """(the task id the checkpoints are kept under, whether this task writes them). The nodes of a
+    multi-node step (``@parallel``) share the control task's: node 0 holds rank 0, the only rank
+    that writes checkpoints, and every rank must resume from the same one."""
+    from metaflow import current
+    from sso_nodes import parallel_nodes
+
+    nodes, index, control = parallel_nodes()
+    if nodes > 1 and control:
+        return str(control), index == 0
+    return str(current.task_id), True
+
+
+def _local_dirs(step_name: str, origin: str | None, task: str) -> tuple[str, list[str]]:
     """(this task's root, the origin run's roots) with the local datastore."""
     import tempfile
 
     from metaflow import current
 
     root = os.path.join(tempfile.gettempdir(), "sso-checkpoints", current.flow_name)
-    local = os.path.join(root, str(current.run_id), step_name, str(current.task_id))
+    local = os.path.join(root, str(current.run_id), step_name, task)
     os.makedirs(local, exist_ok=True)
     return local, (_task_roots(os.path.join(root, origin, step_name)) if origin else [])
 
 
-def _s3_dirs(step_name: str, origin: str | None, interval: float):
+def _s3_dirs(step_name: str, origin: str | None, interval: float, task: str, writer: bool):
     """(scratch root restored from S3, origin roots restored from S3, scratch dirs to delete, the
-    started uploader) with the S3 datastore."""
+    started uploader, None when this task writes no checkpoints) with the S3 datastore."""
     import tempfile
 
     from metaflow import current
@@ -87,7 +102,7 @@ def _s3_dirs(step_name: str, origin: str | None, interval: float):
 
     base = "/".join([DATATOOLS_S3ROOT.rstrip("/"), current.flow_name])
     local = tempfile.mkdtemp(prefix=f"sso-ckpt-{step_name}-")
-    remote = f"{base}/{current.run_id}/sso-checkpoints/{step_name}/{current.task_id}/"
+    remote = f"{base}/{current.run_id}/sso-checkpoints/{step_name}/{task}/"
     restored = _restore_checkpoints(remote, local)
     print(f"@datastore_checkpoints: {remote} -> {local}" + (f" (restored {restored})" if restored else ""))
     origins, scratch = [], []
@@ -96,8 +111,9 @@ def _s3_dirs(step_name: str, origin: str | None, interval: float):
         found = _restore_checkpoints(f"{base}/{origin}/sso-checkpoints/{step_name}/", origin_local)
         origins, scratch = _task_roots(origin_local), [origin_local]
         print(f"@datastore_checkpoints: origin run {origin}: {found or 'no checkpoints'}")
-    uploader = _CheckpointUploader(remote, local, interval)
-    uploader.start()
+    uploader = _CheckpointUploader(remote, local, interval) if writer else None
+    if uploader is not None:
+        uploader.start()
     return local, origins, scratch, uploader
 
 

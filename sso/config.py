@@ -219,7 +219,7 @@ class StepResources:
     cpu: int = 1
     memory: int = 4096                 # MiB
     gpu: int = 0                       # GPUs per node
-    nodes: int = 1                     # train: > 1 = multi-node training (@parallel + @torchrun; not built yet)
+    nodes: int = 1                     # train: > 1 = multi-node training (flows/sso_multinode_flow.py)
     processes: int = 0                 # train: data-parallel processes under torchrun (DDP);
                                        #   0 = one per GPU (gpu), and one on CPU
     timeout_minutes: int = 0           # 0 = no @timeout
@@ -328,10 +328,11 @@ def _cross_checks(cfg: SSOConfig) -> None:
         raise ConfigError("[principles] model must name the endpoint's model when backend = 'openai'")
     if p.source == "model" and p.base_url and p.backend != "openai":
         raise ConfigError("[principles] base_url is only used with backend = 'openai'")
-    if cfg.resources.train.nodes > 1:
+    if cfg.resources.train.nodes > 1 and cfg.run.mode != "offline":
         raise ConfigError(
-            f"[resources.train] nodes = {cfg.resources.train.nodes}: multi-node training (@parallel + "
-            f"@torchrun) is not built yet; train on one node with gpu = N (one DDP process per GPU)")
+            f"[resources.train] nodes = {cfg.resources.train.nodes} with [run] mode = '{cfg.run.mode}': "
+            f"multi-node training of the online loop is not built (SSOMultiNodeFlow runs mode 'offline'); "
+            f"train the loop on one node with gpu = N (one DDP process per GPU)")
     from sso.arms import online_mode_error
 
     if online_mode_error(cfg):

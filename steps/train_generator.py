@@ -11,7 +11,8 @@ configured placement. A capped response (``*_finished`` False) is scored without
 Outputs: (adapter files as bytes, history DataFrame, summary dict). Side effects: loads the model;
 checkpoints in ``checkpoint_dir`` when given, resuming from the newest one of the same
 fingerprint there or in ``resume_dirs`` (the origin run's, on ``resume``). ``on_log`` gets each
-logged history row (live cards).
+logged history row (live cards). ``launcher``: one node of a multi-node job
+(:func:`sso.training.launch.train_job`); on the nodes without rank 0 the outputs are all None.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sso.generation.shards import generator_table
 
 def train_generator(variant: str, sso_triples: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
                     checkpoint_dir: str | None = None, progress: bool = True, on_log=None,
-                    resume_dirs=()):
+                    resume_dirs=(), launcher=None):
     from sso.arms import generator_config, plan_run
     from sso.training.launch import train_job, train_processes
 
@@ -32,5 +33,5 @@ def train_generator(variant: str, sso_triples: pd.DataFrame, cfg: SSOConfig, mod
     gen_cfg = generator_config(cfg.generator, plan_run(cfg).generators[variant])
     result = train_job("sso", model_path, triples, gen_cfg, cfg.model, seed=cfg.run.seed,
                        nproc=train_processes(cfg.resources.train), checkpoint_dir=checkpoint_dir,
-                       progress=progress, on_log=on_log, resume_dirs=resume_dirs)
-    return result.adapter, result.history, result.summary
+                       progress=progress, on_log=on_log, resume_dirs=resume_dirs, launcher=launcher)
+    return (None, None, None) if result is None else (result.adapter, result.history, result.summary)

@@ -10,7 +10,8 @@ and the resolved model path. The DPO prompt is the *plain* query x (no principle
 eval answers are sampled from. Outputs: (adapter files as bytes, history DataFrame, summary dict).
 Side effects: loads the model; checkpoints in ``checkpoint_dir`` when given, resuming from the
 newest one of the same fingerprint there or in ``resume_dirs`` (the origin run's, on ``resume``).
-``on_log`` gets each logged history row (live cards).
+``on_log`` gets each logged history row (live cards). ``launcher``: one node of a multi-node job
+(:func:`sso.training.launch.train_job`); on the nodes without rank 0 the outputs are all None.
 """
 
 from __future__ import annotations
@@ -24,19 +25,19 @@ from sso.generation.shards import policy_table
 
 def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str, *,
                  checkpoint_dir: str | None = None, progress: bool = True, on_log=None,
-                 resume_dirs=()):
+                 resume_dirs=(), launcher=None):
     from sso.arms import plan_run
     from sso.training.launch import train_job, train_processes
 
     spec = plan_run(cfg).arms[arm]
     run = dict(seed=cfg.run.seed, nproc=train_processes(cfg.resources.train), checkpoint_dir=checkpoint_dir,
-               progress=progress, on_log=on_log, resume_dirs=resume_dirs)
+               progress=progress, on_log=on_log, resume_dirs=resume_dirs, launcher=launcher)
     if spec.kind == "online":
         from sso.generation.shards import online_table
 
         result = train_job("online_sso", model_path, online_table(pairs, cfg, model_path),
                            arm_policy_config(cfg.policy, spec), cfg.model, **run)
-        return result.adapter, result.history, result.summary
-    table = policy_table(pairs, cfg, model_path, arm)
-    result = train_job("dpo", model_path, table, arm_policy_config(cfg.policy, spec), cfg.model, **run)
-    return result.adapter, result.history, result.summary
+    else:
+        table = policy_table(pairs, cfg, model_path, arm)
+        result = train_job("dpo", model_path, table, arm_policy_config(cfg.policy, spec), cfg.model, **run)
+    return (None, None, None) if result is None else (result.adapter, result.history, result.summary)

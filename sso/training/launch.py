@@ -90,18 +90,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def torchrun_job(job: dict, nproc: int, workdir: str | None = None, *, rank_outputs: bool = False,
-                 master_port: int = 29500, timeout_s: float | None = None, env: dict | None = None):
+                 master_port: int = 29500, timeout_s: float | None = None, env: dict | None = None,
+                 launcher=None):
     """Run ``job`` on ``nproc`` local processes through torchrun and return rank 0's TrainResult
     (with ``rank_outputs``: the list of every rank's result). RuntimeError with the output tail
-    when torchrun fails."""
+    when torchrun fails.
+
+    ``launcher(args, nproc)``, when given, starts torchrun itself with the entry point's ``args``
+    (on every node of a multi-node job: ``@torchrun``'s ``current.torch.run``, which adds
+    ``--nnodes/--node_rank/--master_addr``) and returns whether this node holds rank 0; on the
+    other nodes the result is None (rank 0 alone writes one)."""
     with tempfile.TemporaryDirectory(prefix="sso-torchrun-", dir=workdir) as tmp:
         job_path, out = os.path.join(tmp, "job.pkl"), os.path.join(tmp, "result.pkl")
         _write(job, job_path)
         args = ["--input", job_path, "--output", out] + (["--rank-outputs"] if rank_outputs else [])
-        proc = subprocess.run(torchrun_command(nproc, args, master_port=master_port), capture_output=True,
-                              text=True, timeout=timeout_s, env={**os.environ, **(env or {})})
-        if proc.returncode != 0:
-            raise RuntimeError(f"torchrun exited with {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
+        if launcher is not None:
+            if not launcher(args, nproc):
+                return None
+        else:
+            proc = subprocess.run(torchrun_command(nproc, args, master_port=master_port), capture_output=True,
+                                  text=True, timeout=timeout_s, env={**os.environ, **(env or {})})
+            if proc.returncode != 0:
+                raise RuntimeError(f"torchrun exited with {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
         paths = [out] + ([f"{out}.rank{r}" for r in range(1, nproc)] if rank_outputs else [])
         results = []
         for path in paths:
@@ -125,23 +135,32 @@ def train_processes(resources) -> int:
 
 
 def train_job(objective: str, model_path: str, table, cfg, model_cfg, *, seed: int, nproc: int = 1,
-              on_log=None, **options: Any):
+              on_log=None, launcher=None, **options: Any):
     """Train in this process (``nproc`` 1) or on ``nproc`` local processes under torchrun (DDP:
     gloo on CPU, nccl on GPUs); the TrainResult of rank 0 either way. Under torchrun ``on_log`` is
-    called with every history row once the job is done (the ranks run in other processes)."""
+    called with every history row once the job is done (the ranks run in other processes).
+
+    With a ``launcher`` (one node of a multi-node job, :func:`torchrun_job`; its ``nodes``
+    attribute: how many) the job always goes through torchrun, ``nproc`` processes on each node,
+    and the nodes other than rank 0's get None."""
     from sso.training import trainer
 
     fn = {"dpo": trainer.train_dpo, "sso": trainer.train_sso, "online_sso": trainer.train_online}[objective]
-    if nproc <= 1:
+    nodes = getattr(launcher, "nodes", 1) if launcher is not None else 1
+    if nproc <= 1 and launcher is None:
         return fn(model_path, table, cfg, model_cfg, seed=seed, on_log=on_log, **options)
     log = logging.getLogger("sso.training")
-    log.info("train %s on %d processes under torchrun", objective, nproc)
+    log.info("train %s on %d node(s) x %d processes under torchrun", objective, nodes, nproc)
     options = {k: v for k, v in options.items() if k != "progress"}
     result = torchrun_job(make_job(objective, table, cfg, model_cfg, model_path, seed, **options), nproc,
-                          master_port=free_port())
+                          master_port=free_port(), launcher=launcher)
+    if result is None:
+        return None
     for row in result.history.to_dict("records") if on_log is not None else ():
         on_log(row)
-    result.summary["processes"] = nproc
+    result.summary["processes"] = nproc * nodes
+    if nodes > 1:
+        result.summary["nodes"] = nodes
     return result
 
 

@@ -111,3 +111,7 @@ def test_each_flow_names_the_other_for_a_mode_it_does_not_run():
         check_mode("online", "SSOFlow", ("offline",))
     with pytest.raises(ConfigError, match=r"runs with SSOFlow: python flows/sso_flow.py"):
         check_mode("offline", "SSOOnlineFlow", ("online", "iterative"))
+    check_mode("offline", "SSOMultiNodeFlow", ("offline",), nodes=2, multi_node=True)
+    with pytest.raises(ConfigError, match=r"nodes = 2 \(multi-node training\) runs with SSOMultiNodeFlow: "
+                                          r"python flows/sso_multinode_flow.py"):
+        check_mode("offline", "SSOFlow", ("offline",), nodes=2)

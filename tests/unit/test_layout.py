@@ -76,7 +76,8 @@ def test_no_import_cycle_in_the_library():
 
 
 def test_flow_step_bodies_read_like_sentences():
-    classes = {"sso_base.py": "SSOBase", "sso_flow.py": "SSOFlow", "sso_online_flow.py": "SSOOnlineFlow"}
+    classes = {"sso_base.py": "SSOBase", "sso_flow.py": "SSOFlow", "sso_online_flow.py": "SSOOnlineFlow",
+               "sso_multinode_flow.py": "SSOMultiNodeFlow"}
     steps = []
     for name, cls_name in classes.items():
         cls = next(n for n in _tree(ROOT / "flows" / name).body if isinstance(n, ast.ClassDef) and n.name == cls_name)
