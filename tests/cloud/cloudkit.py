@@ -78,9 +78,10 @@ def setup_aws(endpoint: str) -> None:
         Name=SECRET_ID, SecretString=json.dumps({"OPENAI_API_KEY": API_KEY_VALUE}))
 
 
-def run_cli(args, env, cwd, timeout):
-    """Run ``python flows/sso_flow.py ARGS`` in a child process under a hard timeout."""
-    return subprocess.run([sys.executable, FLOW, *args], env=env, cwd=cwd, capture_output=True,
+def run_cli(args, env, cwd, timeout, flow: str = FLOW):
+    """Run ``python flows/sso_flow.py ARGS`` (or another flow file) in a child process under a
+    hard timeout."""
+    return subprocess.run([sys.executable, flow, *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
 
 

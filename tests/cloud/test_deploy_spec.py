@@ -1,4 +1,5 @@
-"""Deployment specs for AWS Step Functions and Argo Workflows, generated offline against moto.
+"""Deployment specs for AWS Step Functions and Argo Workflows, generated offline against moto
+(SSOFlow with configs/aws-batch.toml; SSOMultiNodeFlow with its training on 2 nodes x 8 GPUs).
 
 ``step-functions create --only-json`` / ``argo-workflows create --only-json`` run the real
 Metaflow compilers on the real flow with ``configs/aws-batch.toml``: they register the Batch job
@@ -174,3 +175,75 @@ def test_environment_decorator_would_leak_the_key(fake_aws, cloud_env):
                    env=cloud_env["env"], cwd=cloud_env["root"], timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert API_KEY_VALUE in proc.stdout
+
+
+MULTINODE_FLOW = str(REPO / "flows" / "sso_multinode_flow.py")
+
+
+def _multinode_config(tmp_path: Path, nodes: int, gpu: int) -> Path:
+    """configs/aws-batch.toml with [resources.train] on ``nodes`` nodes of ``gpu`` GPUs."""
+    text = CONFIG.read_text()
+    head = text.index("[resources.train]")
+    body = text.index("gpu = 1", head)
+    path = tmp_path / "multinode.toml"
+    path.write_text(text[:body] + f"gpu = {gpu}\nnodes = {nodes}" + text[body + len("gpu = 1"):])
+    return path
+
+
+def test_argo_workflows_spec_runs_each_training_step_as_a_multi_node_jobset(fake_aws, cloud_env, tmp_path):
+    """SSOMultiNodeFlow with 2 nodes x 8 GPUs: each training step is a JobSet (a control job, node 0,
+    and nodes - 1 workers, the count coming from the parent step's num_parallel output, which is
+    ``[resources.train] nodes`` of the config frozen into the code package), 8 GPUs and the
+    config's image on every node."""
+    import re
+
+    pytest.importorskip("kubernetes", reason="argo-workflows create needs the kubernetes package")
+    cfg = _multinode_config(tmp_path, nodes=2, gpu=8)
+    proc = run_cli(["--config", "cfg", str(cfg), "argo-workflows", "create", "--only-json"],
+                   env=cloud_env["env"], cwd=cloud_env["root"], timeout=240, flow=MULTINODE_FLOW)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spec = json.loads(proc.stdout[proc.stdout.index("{"):])
+    templates = {t["name"]: t for t in spec["spec"]["templates"]}
+    tasks = {t["name"]: t for tpl in spec["spec"]["templates"] if "dag" in tpl for t in tpl["dag"]["tasks"]}
+    res = _resources("train")
+    for step, parent in (("train-generator-nodes", "train-generator"), ("train-policy-nodes", "train-policy")):
+        manifest = templates[step]["resource"]["manifest"]
+        assert "kind: JobSet" in manifest, step
+        jobs = re.findall(r"- name: (control|worker)\n\s+replicas: (\S+)", manifest)
+        assert jobs == [("control", "1"), ("worker", "{{=asInt(inputs.parameters.workerCount)}}")], (step, jobs)
+        args = {a["name"]: a["value"] for a in tasks[step]["arguments"]["parameters"]}
+        assert "sub(sprig.int(inputs.parameters['num-parallel']),1)" in args["workerCount"], step
+        outputs = {o["name"] for o in templates[parent]["outputs"]["parameters"]}
+        assert "num-parallel" in outputs, parent
+        assert re.findall(r"nvidia.com/gpu: '(\d+)'", manifest) == ["8", "8"], step   # control, worker
+        assert set(re.findall(r"image: (\S+)", manifest)) == {res["image"]}, step
+        assert f"step {step.replace('-', '_')}" in manifest, step
+    env = {e["name"]: e.get("value") for e in templates["judge"]["container"]["env"]}
+    files = _code_package(fake_aws["endpoint"], env["METAFLOW_CODE_URL"])
+    assert "sso_multinode_flow.py" in files and "sso_nodes.py" in files
+    frozen = json.loads(files[".mf_meta/CONFIG"])
+    train = next(v for v in _find_tables(frozen) if v.get("nodes") == 2 and v.get("gpu") == 8)
+    assert train["image"] == res["image"]
+
+
+def _find_tables(obj):
+    """Every dict nested in a JSON value (the frozen config's layout is Metaflow's)."""
+    if isinstance(obj, dict):
+        yield obj
+        for v in obj.values():
+            yield from _find_tables(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _find_tables(v)
+    elif isinstance(obj, str) and obj.startswith("{"):
+        try:
+            yield from _find_tables(json.loads(obj))
+        except ValueError:
+            return
+
+
+def test_step_functions_refuses_the_multi_node_flow(cloud_env, tmp_path):
+    cfg = _multinode_config(tmp_path, nodes=2, gpu=8)
+    proc = run_cli(["--config", "cfg", str(cfg), "step-functions", "create", "--only-json"],
+                   env=cloud_env["env"], cwd=cloud_env["root"], timeout=240, flow=MULTINODE_FLOW)
+    assert proc.returncode != 0 and "@parallel" in proc.stdout + proc.stderr
