@@ -117,3 +117,33 @@ def test_two_nodes_under_parallel_give_the_single_process_loss_curves_and_a_mode
     assert entry["kind"] == "full_model"
     model = AutoModelForCausalLM.from_pretrained(export / entry["path"])
     assert probe_matches(entry["logits_probe"], compute_logits_probe(model))
+
+
+def test_resume_of_the_multi_node_flow_clones_finished_node_tasks_and_reruns_the_failed_ones(runs, tmp_path):
+    """The policy's node tasks fail (both attempts), ``resume`` clones the generator's node tasks
+    (every node: no training paid twice) and trains the policy on 2 nodes again, to the loss curve
+    of the uninterrupted multi-node run."""
+    from metaflow import Flow, Runner
+
+    straight, _ = runs("sso_multinode_flow.py", 1, nodes=2)
+    (tmp_path / "mfhome").mkdir()
+    env = {"METAFLOW_HOME": str(tmp_path / "mfhome"), "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path),
+           "METAFLOW_CLIENT_CACHE_PATH": str(tmp_path / "client-cache"), "PYTHONPATH": str(FLOWS.parent)}
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(CONFIG.format(out=tmp_path / "out", processes=1, nodes=2))
+    flow = str(FLOWS / "sso_multinode_flow.py")
+    with Runner(flow, show_output=False, cwd=str(tmp_path), env={**env, "SSO_FAIL_AT_STEP": "train_policy_nodes"},
+                config=[("cfg", str(cfg))]) as runner:
+        assert runner.run().status == "failed"
+    client_for(tmp_path)
+    origin = Flow("SSOMultiNodeFlow").latest_run
+    with Runner(flow, show_output=False, cwd=str(tmp_path), env=env) as runner:
+        resumed = runner.resume(origin_run_id=origin.id)
+        assert resumed.status == "successful", resumed.stderr[-5000:]
+    run = resumed.run
+    generator_nodes = list(run["train_generator_nodes"])
+    assert len(generator_nodes) == 2 and all(t.origin_pathspec for t in generator_nodes)
+    policy_nodes = list(run["train_policy_nodes"])
+    assert len(policy_nodes) == 2 and not any(t.origin_pathspec for t in policy_nodes)
+    np.testing.assert_allclose(run.data.policy_histories["sso"]["loss"], straight.policy_histories["sso"]["loss"],
+                               rtol=1e-5)

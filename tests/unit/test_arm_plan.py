@@ -45,6 +45,10 @@ def test_online_mode_adds_one_arm_per_iteration_and_refuses_generator_arms():
         validate(cfg(run={"mode": "online"}, policy={"arms": ["sso", "pbaa"]}))
     with pytest.raises(ConfigError, match=r"\[generator.sweep\]"):
         validate(cfg(run={"mode": "online"}, generator={"sweep": {"gamma": [0.1]}}, policy={"arms": ["pbaa"]}))
+    with pytest.raises(ConfigError, match=r"nodes = 2 with \[run\] mode = 'online': multi-node training of the "
+                                          r"online loop is not built"):
+        validate(cfg(run={"mode": "online"}, policy={"arms": ["pbaa"]}, resources={"train": {"nodes": 2}}))
+    assert validate(cfg(resources={"train": {"nodes": 2}})).resources.train.nodes == 2   # offline: SSOMultiNodeFlow
     with pytest.raises(ConfigError, match=r"\[run\] mode must be one of"):
         cfg(run={"mode": "batch"})
     with pytest.raises(ConfigError, match=r"\[generator.sweep\] gamma must be a list of at most 10 distinct"):
