@@ -61,12 +61,7 @@ def runs(tmp_path_factory):
         key = (flow, processes, nodes)
         if key not in done:
             root = tmp_path_factory.mktemp(f"{Path(flow).stem}-p{processes}-n{nodes}")
-            (root / "mfhome").mkdir()
-            env = {"METAFLOW_HOME": str(root / "mfhome"), "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root),
-                   "METAFLOW_CLIENT_CACHE_PATH": str(root / "client-cache"),
-                   "PYTHONPATH": str(FLOWS.parent)}
-            cfg = root / "cfg.toml"
-            cfg.write_text(CONFIG.format(out=root / "out", processes=processes, nodes=nodes))
+            env, cfg = _setup(root, processes, nodes)
             with Runner(str(FLOWS / flow), show_output=False, cwd=str(root), env=env,
                         config=[("cfg", str(cfg))]) as runner:
                 result = runner.run()
@@ -75,6 +70,16 @@ def runs(tmp_path_factory):
         return done[key]
 
     return run
+
+
+def _setup(root: Path, processes: int, nodes: int) -> tuple[dict, Path]:
+    """(Runner env of a datastore in ``root``, the config file written there)."""
+    (root / "mfhome").mkdir()
+    env = {"METAFLOW_HOME": str(root / "mfhome"), "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root),
+           "METAFLOW_CLIENT_CACHE_PATH": str(root / "client-cache"), "PYTHONPATH": str(FLOWS.parent)}
+    cfg = root / "cfg.toml"
+    cfg.write_text(CONFIG.format(out=root / "out", processes=processes, nodes=nodes))
+    return env, cfg
 
 
 def _same_curves(one, other):
@@ -126,11 +131,7 @@ def test_resume_of_the_multi_node_flow_clones_finished_node_tasks_and_reruns_the
     from metaflow import Flow, Runner
 
     straight, _ = runs("sso_multinode_flow.py", 1, nodes=2)
-    (tmp_path / "mfhome").mkdir()
-    env = {"METAFLOW_HOME": str(tmp_path / "mfhome"), "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(tmp_path),
-           "METAFLOW_CLIENT_CACHE_PATH": str(tmp_path / "client-cache"), "PYTHONPATH": str(FLOWS.parent)}
-    cfg = tmp_path / "cfg.toml"
-    cfg.write_text(CONFIG.format(out=tmp_path / "out", processes=1, nodes=2))
+    env, cfg = _setup(tmp_path, processes=1, nodes=2)
     flow = str(FLOWS / "sso_multinode_flow.py")
     with Runner(flow, show_output=False, cwd=str(tmp_path), env={**env, "SSO_FAIL_AT_STEP": "train_policy_nodes"},
                 config=[("cfg", str(cfg))]) as runner:
