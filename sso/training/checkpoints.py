@@ -86,12 +86,15 @@ def save_checkpoint(checkpoint_dir: str, state: dict, model) -> Path:
 
 
 def save_training_checkpoint(checkpoint_dir: str, state: dict, model, opt, sched,
-                             ref_logps: Tensor) -> Path:
+                             ref_logps: Tensor, gathered: tuple[dict, dict] | None = None) -> Path:
     """The loop ``state`` plus trainable parameters, optimizer, scheduler, RNG and the reference
-    log-probs ``[k, N]``, written by :func:`save_checkpoint`."""
-    ckpt = {**state, "trainable": trainable_state(model), "optimizer": opt.state_dict(),
+    log-probs ``[k, N]``, written by :func:`save_checkpoint`. ``gathered``: (trainable, optimizer)
+    of a sharded model as :func:`sso.training.sharding.gather_state` gave them to rank 0 (no
+    adapter directory is written then)."""
+    trainable, optimizer = gathered or (trainable_state(model), opt.state_dict())
+    ckpt = {**state, "trainable": trainable, "optimizer": optimizer,
             "scheduler": sched.state_dict(), "rng": rng_state(), "ref_logps": ref_logps}
-    return save_checkpoint(checkpoint_dir, ckpt, model)
+    return save_checkpoint(checkpoint_dir, ckpt, None if gathered else model)
 
 
 def load_checkpoint(checkpoint_dir: str | None) -> dict | None:
@@ -145,12 +148,18 @@ def find_checkpoint(checkpoint_dir: str | None, fingerprint: str, earlier: Seque
     return None, ""
 
 
-def restore_checkpoint(ckpt: dict, model, opt, sched) -> None:
-    """Put a checkpoint's trainable parameters, optimizer, scheduler and RNG states back."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in ckpt["trainable"].items():
-            params[name].copy_(value.to(params[name].device))
-    opt.load_state_dict(ckpt["optimizer"])
+def restore_checkpoint(ckpt: dict, model, opt, sched, sharded: bool = False) -> None:
+    """Put a checkpoint's trainable parameters, optimizer, scheduler and RNG states back (into a
+    sharded model: :func:`sso.training.sharding.restore_state`, on every rank)."""
+    if sharded:
+        from sso.training.sharding import restore_state
+
+        restore_state(model, opt, ckpt["trainable"], ckpt["optimizer"])
+    else:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in ckpt["trainable"].items():
+                params[name].copy_(value.to(params[name].device))
+        opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
     set_rng_state(ckpt["rng"])

@@ -14,9 +14,10 @@ When ``torch.distributed`` is initialised (``torchrun`` sets ``RANK``, ``WORLD_S
 - all-reduces the step's metric sums (:func:`all_reduce_sum`), so the history is identical on every
   rank; only rank 0 writes checkpoints, builds the summary and exports the model.
 
-Strategies (``[policy] strategy``): ``ddp`` is the one implemented. ``fsdp``, ``zero2`` and
-``zero3`` (sharded weights / optimizer state) need CUDA GPUs and are not wired in yet:
-:func:`check_strategy` says so before any model is loaded (see docs/scale.md).
+Strategies (``[policy] strategy``): ``ddp`` (every rank holds the whole model) and ``fsdp``
+(PyTorch FSDP2, :mod:`sso.training.sharding`: weights, gradients and optimizer state sharded over
+the ranks, as ZeRO-3 does; CPU/gloo and CUDA/nccl). ``zero2`` / ``zero3`` (DeepSpeed) are not wired
+in: :func:`check_strategy` says so before any model is loaded (see docs/scale.md).
 """
 
 from __future__ import annotations
@@ -135,16 +136,15 @@ def rank_slice(idx: Sequence[int], info: DistInfo) -> list[int]:
 
 
 def check_strategy(strategy: str, device: torch.device) -> None:
-    """ValueError for an unknown strategy, or a sharded one (fsdp / zero2 / zero3) on this setup."""
+    """ValueError for an unknown strategy; NotImplementedError for the DeepSpeed ones (zero2 /
+    zero3), which are not wired in: ``fsdp`` (FSDP2, full sharding as in ZeRO-3) is."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if strategy == "ddp":
+    if strategy in ("ddp", "fsdp"):
         return
-    if device.type != "cuda":
-        raise ValueError(f"strategy {strategy!r} needs CUDA GPUs (it shards weights/optimizer state over "
-                         f"GPUs); on CPU use strategy = 'ddp'")
-    raise NotImplementedError(f"strategy {strategy!r} is not wired into the trainer yet: use 'ddp' "
-                              f"(see docs/scale.md for what fits per GPU)")
+    raise NotImplementedError(f"strategy {strategy!r} (DeepSpeed) is not wired into the trainer: use 'fsdp' "
+                              f"(PyTorch FSDP2: weights, gradients and optimizer state sharded as in ZeRO-3) "
+                              f"or 'ddp' (see docs/scale.md for what fits per GPU)")
 
 
 class LogpsModule(torch.nn.Module):
@@ -159,10 +159,15 @@ class LogpsModule(torch.nn.Module):
         return sequence_logps(self.policy, batch)
 
 
-def wrap_for_training(model, info: DistInfo):
-    """The DistributedDataParallel scorer of ``model`` (a :class:`LogpsModule`) when distributed, else None."""
+def wrap_for_training(model, info: DistInfo, strategy: str = "ddp", mp_policy=None):
+    """The distributed scorer of ``model`` (a :class:`LogpsModule`: DistributedDataParallel, or
+    for ``fsdp`` the FSDP2-sharded root, :mod:`sso.training.sharding`), None in one process."""
     if not info.active:
         return None
+    if strategy == "fsdp":
+        from sso.training.sharding import shard_model
+
+        return shard_model(model, mp_policy)
     from torch.nn.parallel import DistributedDataParallel
 
     device = next(model.parameters()).device
@@ -178,15 +183,14 @@ def accumulate_gradients(run, micro_batches: list[list[int]], n_rows: int) -> tu
     runs one row with weight 0 (DDP needs every rank in each gradient all-reduce). Returns this
     rank's (unreduced) metric sums and token count.
     """
-    import contextlib
+    from sso.training.sharding import grad_sync
 
     info, ddp = run.dist, run.ddp
     sums: dict[str, Tensor] = {}
     tokens = 0
     for i, idx in enumerate(micro_batches):
         local = rank_slice(idx, info)
-        sync = ddp is None or i == len(micro_batches) - 1
-        with contextlib.nullcontext() if sync else ddp.no_sync():
+        with grad_sync(ddp, i == len(micro_batches) - 1):
             losses, metrics, ntok = run.forward_loss(local or list(idx[:1]))
             ((losses.sum() * info.world_size / n_rows) if local else losses.sum() * 0.0).backward()
         keep = 1.0 if local else 0.0

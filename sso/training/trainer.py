@@ -32,6 +32,7 @@ position of a checkpoint is just the number of optimizer steps taken.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -55,6 +56,7 @@ from sso.training.policy import (autocast, export_adapter, load_policy_model, lo
 from sso.training.probe import compute_logits_probe
 from sso.training.reference import compute_onpolicyness, count_capped, encode_roles, fit_examples, score_all
 from sso.training.schedule import build_schedule, lr_factor, steps_per_epoch
+from sso.training.sharding import full_norm, gather_state, is_sharded, materialize, mixed_precision
 from sso.training.scoring import Encoded, collate, pad_token_id, sequence_logps
 
 log = logging.getLogger("sso.training")
@@ -201,7 +203,7 @@ def optimizer_step(run: TrainRun, opt, sched, micro_batches: list[list[int]]) ->
         sums, tokens = dict(zip(sums, reduced[:-1])), int(round(float(reduced[-1])))
     params = [p for p in run.model.parameters() if p.requires_grad]
     clip = run.cfg.max_grad_norm if run.cfg.max_grad_norm > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    grad_norm = full_norm(torch.nn.utils.clip_grad_norm_(params, clip))
     lr = sched.get_last_lr()[0]
     opt.step()
     sched.step()
@@ -232,6 +234,13 @@ def _count_step(state: dict, rec: dict[str, float], micro_batches: list[list[int
     state["step"] += 1
 
 
+def _checkpoint(run: TrainRun, checkpoint_dir: str, state: dict, opt, sched) -> None:
+    """Rank 0 writes the checkpoint (a sharded model's state gathered by every rank first)."""
+    gathered = gather_state(run.model, opt) if is_sharded(run.ddp) else None
+    if run.dist.is_main:
+        save_training_checkpoint(checkpoint_dir, state, run.model, opt, sched, run.ref_logps, gathered)
+
+
 def _run_loop(run: TrainRun, opt, sched, schedule, state: dict, checkpoint_dir: str | None,
               progress: bool, on_log: OnLog | None = None) -> dict:
     """Take the remaining optimizer steps, logging and checkpointing (rank 0 only, when
@@ -258,8 +267,8 @@ def _run_loop(run: TrainRun, opt, sched, schedule, state: dict, checkpoint_dir: 
             if on_log is not None:
                 on_log(dict(state["history"][-1]))
         if checkpoint_dir and cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 \
-                and state["step"] < total and run.dist.is_main:
-            save_training_checkpoint(checkpoint_dir, state, run.model, opt, sched, run.ref_logps)
+                and state["step"] < total:
+            _checkpoint(run, checkpoint_dir, state, opt, sched)
         bar.update(1)
     bar.close()
     return state
@@ -352,31 +361,38 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
     import pandas as pd
 
     validate_table(table, objective, "pairs" if objective.name == "dpo" else "triples")
-    check_strategy(getattr(cfg, "strategy", "ddp"), pick_device(model_cfg.device))
+    strategy = getattr(cfg, "strategy", "ddp")
+    check_strategy(strategy, pick_device(model_cfg.device))
+    sharded = strategy == "fsdp" and dist_info().active     # float32 master weights, sharded
     table = table.reset_index(drop=True)
     fingerprint = run_fingerprint(objective, table, cfg, model_cfg, seed, init_adapter)
     ckpt, note = find_checkpoint(checkpoint_dir, fingerprint, resume_dirs)
     same_on_all_ranks(ckpt["step"] if ckpt else -1, "the checkpoint step found (is checkpoint_dir shared?)")
     if note:
         log.info("train %s: %s", objective.name, note)
-    run, info = prepare_run(objective, model_path, table, cfg, model_cfg, seed, init_adapter, ckpt,
+    load_cfg = dataclasses.replace(model_cfg, dtype="float32") if sharded else model_cfg
+    run, info = prepare_run(objective, model_path, table, cfg, load_cfg, seed, init_adapter, ckpt,
                             progress=progress)
     info = {**info, "checkpoint_note": note} if note else info
     run.dist = dist_info()
     info = {**info, **log_memory_estimate(run.model, cfg, model_cfg, run.dist.world_size, len(objective.roles))}
-    run.ddp = wrap_for_training(run.model, run.dist)
+    run.ddp = wrap_for_training(run.model, run.dist, strategy,
+                                mixed_precision(model_cfg.dtype, model_device(run.model)) if sharded else None)
     n_examples = len(run.encoded[0])   # after dropping prompts that do not fit
     schedule = build_schedule(n_examples, cfg, seed)
     opt, sched = make_optimizer(run.model, cfg, len(schedule))
     state = {"step": 0, "seconds": 0.0, "tokens": 0, "examples_seen": 0, "history": [],
              "fingerprint": fingerprint, "info": info}
     if ckpt is not None:
-        restore_checkpoint(ckpt, run.model, opt, sched)
+        restore_checkpoint(ckpt, run.model, opt, sched, sharded)
         state = {k: ckpt[k] for k in state if k != "info"} | {"info": info}
     start = state["step"]
     state = _run_loop(run, opt, sched, schedule, state, checkpoint_dir, progress, on_log)
     history = pd.DataFrame(state["history"])
     info = {**info, "steps_run": state["step"] - start}     # by this call (fewer when resumed)
+    if sharded:   # rank 0: an unsharded copy for the final metrics and the export
+        run.model, run.ddp = materialize(run.model, lambda: load_policy_model(
+            model_path, cfg, model_cfg, seed, init_adapter)), None
     if not run.dist.is_main:   # the same history on every rank; rank 0 alone exports
         return TrainResult(adapter={}, history=history, summary={"rank": run.dist.rank, "exported": False})
     summary = _summary(run, state, history, n_examples, {**info, "world_size": run.dist.world_size})

@@ -1,0 +1,137 @@
+"""``strategy = "fsdp"``: PyTorch FSDP2 (``torch.distributed.fsdp.fully_shard``) for the trainer.
+
+Every rank holds 1/world of each parameter, its gradient and its AdamW moments (as ZeRO-3 does);
+a decoder layer's full weights exist only while that layer runs (all-gathered on the way in,
+gradients reduce-scattered on the way out). Sharded units: each decoder layer (the classes in the
+model's ``_no_split_modules``), then the root :class:`sso.training.distributed.LogpsModule`
+(embeddings, final norm, LM head), whose forward is the trainer's own scoring, so the chunked
+log-probs and every loss are unchanged.
+
+Precision: the weights are loaded and kept in float32 (the master copy, sharded) and, on CUDA with
+``[model] dtype = "bfloat16"``, computed in bf16 with float32 gradient reduction
+(``MixedPrecisionPolicy``): 5e-7 updates of full fine-tuning do not round away as they do on bf16
+weights under ``ddp``. On CPU (gloo; what the tests run) everything is float32.
+
+What changes around the loop (:mod:`sso.training.trainer`):
+
+- gradient accumulation: the gradient reduce-scatter is switched off for all but the last
+  micro-batch of an optimizer step (:func:`grad_sync`), as ``no_sync`` does for DDP;
+- the gradient norm is a DTensor: :func:`full_norm` makes it a plain tensor;
+- checkpoints: :func:`gather_state` (a collective: every rank calls it) gives rank 0 the full
+  trainable parameters and the optimizer state keyed by parameter name; rank 0 writes them, and a
+  resumed run loads the same file on every rank (:func:`restore_state`);
+- after the last step, :func:`materialize` gathers the full weights into an unsharded copy on
+  rank 0, which computes the final metrics, the logits probe and the export, as a one-process run
+  does (the other ranks return).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def _layer_classes(model) -> set[str]:
+    """Class names of the decoder layers (transformers' ``_no_split_modules`` of the base model)."""
+    from sso.training.policy import is_peft_model, unwrap
+
+    base = unwrap(model).get_base_model() if is_peft_model(model) else unwrap(model)
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    if not names:
+        raise ValueError(f"strategy 'fsdp' needs the model's decoder-layer classes (_no_split_modules); "
+                         f"{type(base).__name__} has none: use strategy = 'ddp'")
+    return names
+
+
+def mixed_precision(model_dtype: str, device: torch.device):
+    """bf16/fp16 compute with float32 reduction on CUDA, None (float32 throughout) elsewhere."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+    if device.type != "cuda" or model_dtype not in dtypes:
+        return None
+    return MixedPrecisionPolicy(param_dtype=dtypes[model_dtype], reduce_dtype=torch.float32)
+
+
+def shard_model(model, mp_policy=None):
+    """Shard ``model`` in place (each decoder layer, then the root scorer); returns the root
+    :class:`~sso.training.distributed.LogpsModule`, the module the trainer calls."""
+    from torch.distributed.fsdp import fully_shard
+
+    from sso.training.distributed import LogpsModule
+
+    kw = {"mp_policy": mp_policy} if mp_policy is not None else {}
+    classes = _layer_classes(model)
+    layers = [m for m in model.modules() if type(m).__name__ in classes]
+    for layer in layers:
+        fully_shard(layer, **kw)
+    root = LogpsModule(model)
+    fully_shard(root, **kw)
+    return root
+
+
+def is_sharded(wrapper) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(wrapper, FSDPModule)
+
+
+def grad_sync(wrapper, sync: bool):
+    """The context of one micro-batch's backward: DDP's ``no_sync`` unless ``sync``; for FSDP2 the
+    reduce-scatter is switched off or on; nothing when not distributed."""
+    if wrapper is None or sync and not is_sharded(wrapper):
+        return contextlib.nullcontext()
+    if is_sharded(wrapper):
+        wrapper.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+    return wrapper.no_sync()
+
+
+def full_norm(norm):
+    """The gradient norm as a plain tensor (a DTensor under FSDP2)."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def _options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def gather_state(model, opt) -> tuple[dict, dict]:
+    """(full trainable parameters, full optimizer state by parameter name) on rank 0, ({}, {}) on
+    the others. A collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    weights, optim = get_state_dict(model, opt, options=_options(cpu_offload=True))
+    return {n: t for n, t in weights.items() if n in trainable}, optim
+
+
+def restore_state(model, opt, trainable: dict, optim: dict) -> None:
+    """Load what :func:`gather_state` saved into the sharded ``model`` and ``opt`` (every rank,
+    from the same checkpoint file)."""
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    set_state_dict(model, opt, model_state_dict=trainable, optim_state_dict=optim,
+                   options=_options(strict=False))
+
+
+def materialize(model, build):
+    """An unsharded copy of the sharded ``model`` on rank 0 (``build()`` makes the empty copy:
+    the same architecture, loaded as at the start); None on the other ranks. A collective."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    full = get_model_state_dict(model, options=_options(cpu_offload=True))
+    if dist.get_rank() != 0:
+        return None
+    plain = build()
+    device = next(plain.parameters()).device
+    missing, unexpected = plain.load_state_dict({k: v.to(device) for k, v in full.items()}, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")}
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"gathered weights do not fit the model: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
+    return plain
