@@ -141,7 +141,7 @@ class TrainConfig:
     checkpoint_every: int = 0          # optimizer steps between checkpoints; 0 = off
     gradient_checkpointing: bool = False
     finetuning: str = "lora"           # lora | full (every weight trained; reference = frozen start)
-    strategy: str = "ddp"              # multi-GPU engine: ddp | fsdp | zero2 | zero3 (accelerate)
+    strategy: str = "ddp"              # multi-GPU engine: ddp | fsdp (FSDP2); zero2 | zero3 refused (not wired in)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 

@@ -3,8 +3,10 @@
 :func:`estimate_training_memory` adds up, per GPU and in bytes (approximations, stated here so a
 test can check the arithmetic):
 
-- ``weights``: every parameter at the model dtype (``dtype_bytes``); LoRA adds its adapter
-  weights in float32 (peft keeps adapters in float32). Sharded over the GPUs by zero3 / fsdp.
+- ``weights``: every parameter at the model dtype (``dtype_bytes``; float32 under ``fsdp``, whose
+  sharded master copy is float32 and computes in bf16, :mod:`sso.training.sharding`); LoRA adds
+  its adapter weights in float32 (peft keeps adapters in float32). Sharded over the GPUs by
+  zero3 / fsdp.
 - ``grads``: one gradient per trainable parameter at its dtype. Sharded by zero2 / zero3 / fsdp.
 - ``optimizer``: AdamW's two moments. ``ddp`` / ``fsdp`` (torch AdamW on the parameters as
   stored): ``2 x`` the trainable dtype; ``zero2`` / ``zero3`` (DeepSpeed): float32 moments plus a
@@ -111,13 +113,14 @@ def estimate_training_memory(model_config_or_path: Any, train_cfg: TrainConfig, 
     wb, full = DTYPE_BYTES[model_cfg.dtype], train_cfg.finetuning == "full"
     params = count_parameters(shape)
     trainable = params if full else lora_parameters(shape, train_cfg.lora.r, train_cfg.lora.target_modules)
-    tb = wb if full else 4
+    stored = 4 if strategy == "fsdp" else wb     # fsdp keeps float32 master weights (sharded)
+    tb = stored if full else 4
     shard_w = n_gpus if strategy in ("zero3", "fsdp") else 1
     shard_go = n_gpus if strategy in ("zero2", "zero3", "fsdp") else 1
     adam = (8 + (4 if tb != 4 else 0)) if strategy in ("zero2", "zero3") else 2 * tb
     tokens = math.ceil(train_cfg.batch_size / n_gpus) * sequences_per_example * model_cfg.max_length
     est = {
-        "weights": (params * wb + (0 if full else trainable * tb)) // shard_w,
+        "weights": (params * stored + (0 if full else trainable * tb)) // shard_w,
         "grads": trainable * tb // shard_go,
         "optimizer": trainable * adam // shard_go,
         "activations": _activation_bytes(shape, tokens, wb, train_cfg.gradient_checkpointing),

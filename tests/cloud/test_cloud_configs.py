@@ -39,16 +39,19 @@ def test_remote_keys_are_validated(text, expected):
 
 
 # Llama-3-8B / Qwen2.5 shapes (public config.json values): the memory check needs no download
+LLAMA3_8B = {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256, "intermediate_size": 14336,
+             "num_attention_heads": 32, "num_key_value_heads": 8}
 SHAPES = {
-    "configs/paper.toml": {"hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256,
-                           "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8},
+    "configs/paper.toml": LLAMA3_8B,
+    "configs/paper-lora.toml": LLAMA3_8B,
     "configs/aws-batch.toml": {"hidden_size": 3584, "num_hidden_layers": 28, "vocab_size": 152064,
                                "intermediate_size": 18944, "num_attention_heads": 28, "num_key_value_heads": 4},
     "configs/qwen2.5-0.5b-gpu.toml": {"hidden_size": 896, "num_hidden_layers": 24, "vocab_size": 151936,
                                       "intermediate_size": 4864, "num_attention_heads": 14,
                                       "num_key_value_heads": 2, "tie_word_embeddings": True},
 }
-GPU_GB = {"configs/paper.toml": 80, "configs/aws-batch.toml": 24, "configs/qwen2.5-0.5b-gpu.toml": 24}
+GPU_GB = {"configs/paper.toml": 80, "configs/paper-lora.toml": 80, "configs/aws-batch.toml": 24,
+          "configs/qwen2.5-0.5b-gpu.toml": 24}
 
 
 @pytest.mark.parametrize("path", sorted(SHAPES))
@@ -65,7 +68,7 @@ def test_gpu_configs_fit_the_gpu_they_name_by_the_memory_estimate(path):
         assert check_fits(est, GPU_GB[path]) is None, (path, est["total"] / 2**30)
 
 
-@pytest.mark.parametrize("path", ["configs/aws-batch.toml", "configs/paper.toml"])
+@pytest.mark.parametrize("path", ["configs/aws-batch.toml", "configs/paper.toml", "configs/paper-lora.toml"])
 def test_configs_for_remote_tasks_name_no_loopback_url_or_relative_path(path):
     import os
 
@@ -75,3 +78,5 @@ def test_configs_for_remote_tasks_name_no_loopback_url_or_relative_path(path):
     assert cfg.data.source == "builtin" or os.path.isabs(cfg.data.source), cfg.data.source
     for train in (cfg.generator, cfg.policy):
         assert train.finetuning == "full" or train.learning_rate >= 1e-5   # LoRA: not the full-FT 5e-7
+        # full fine-tuning in bf16 needs float32 master weights (fsdp), or 5e-7 updates round away
+        assert train.finetuning == "lora" or train.strategy == "fsdp" or cfg.model.dtype == "float32"

@@ -6,7 +6,8 @@
   node tasks, each starting torchrun with ``--nnodes 2 --node_rank i`` (locally: two processes on
   this machine, rendezvous at 127.0.0.1).
 
-Both log the single-process loss curves (the generator with LoRA, the policy fully fine-tuned);
+Both log the single-process loss curves (the generator with LoRA under DDP, the policy fully
+fine-tuned under FSDP2: ``strategy = "fsdp"``, sharded over the 2 ranks, across the 2 nodes);
 the rank-0 models then sample and are judged, and the multi-node run's exported policy reloads
 with ``AutoModelForCausalLM.from_pretrained``."""
 
@@ -36,6 +37,7 @@ batch_size = 4
 [policy]
 arms = ["sso"]
 finetuning = "full"
+strategy = "fsdp"
 learning_rate = 1e-3
 epochs = 2
 batch_size = 4
