@@ -19,6 +19,7 @@ accelerate's DDP setup over gloo; the sso rows run on 1 and 2 CPU processes.)
 
 GPU:        python bench/gpu_dpo_scale.py --models 1b,8b --modes lora,full --gpus 1,2 --trl
 8 GPUs:     python bench/gpu_dpo_scale.py --models 8b --modes lora,full --gpus 1,8 --grad-ckpt
+8B full:    python bench/gpu_dpo_scale.py --models 8b --modes full --gpus 8 --grad-ckpt --strategy fsdp
 CPU smoke:  python bench/gpu_dpo_scale.py --device cpu --models tiny --gpus 1,2 --steps 1 --warmup 1
 """
 
@@ -40,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from gpu_train_mfu import SHAPES, count_params, peak_tflops, time_optimizer_steps  # noqa: E402  (same shapes, peaks, timing)
 
 
-def build_model(shape: str, mode: str, device, grad_ckpt: bool, lora_r: int):
+def build_model(shape: str, mode: str, device, grad_ckpt: bool, lora_r: int, master_fp32: bool = False):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -48,7 +49,8 @@ def build_model(shape: str, mode: str, device, grad_ckpt: bool, lora_r: int):
                          attn_implementation="sdpa", use_cache=False)
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+        bf16 = device.type == "cuda" and not master_fp32        # fsdp: float32 master weights, bf16 compute
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if bf16 else torch.float32)
     if grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if mode == "lora":
@@ -73,20 +75,21 @@ def worker(args) -> None:
     from sso.training.distributed import dist_info, init_distributed, teardown, wrap_for_training
     from sso.training.memory import estimate_training_memory
     from sso.training.objectives import DPO_OBJECTIVE
+    from sso.training.sharding import mixed_precision
     from sso.training.trainer import TrainRun, make_optimizer
 
     info = init_distributed()
     device = torch.device("cuda", torch.cuda.current_device()) if args.device == "cuda" else torch.device("cpu")
-    model, config = build_model(args.model, args.mode, device, args.grad_ckpt, args.lora_r)
+    model, config = build_model(args.model, args.mode, device, args.grad_ckpt, args.lora_r, args.strategy == "fsdp")
     n = args.pairs_per_gpu * info.world_size
     gen = torch.Generator().manual_seed(0)
     ids = lambda k: torch.randint(10, config.vocab_size, (k,), generator=gen).tolist()  # noqa: E731
     encoded = [[(ids(args.prompt_len), ids(args.response_len)) for _ in range(n)] for _ in range(2)]
     cfg = TrainConfig(learning_rate=1e-6, batch_size=n, warmup_ratio=0.0, finetuning=args.mode,
-                      gradient_checkpointing=args.grad_ckpt, lora=LoraConfig(r=args.lora_r))
+                      gradient_checkpointing=args.grad_ckpt, lora=LoraConfig(r=args.lora_r), strategy=args.strategy)
     run = TrainRun(model=model, objective=DPO_OBJECTIVE, cfg=cfg, encoded=encoded, ref_logps=torch.zeros(2, n),
                    max_length=args.prompt_len + args.response_len, pad_id=0, dist=dist_info())
-    run.ddp = wrap_for_training(model, run.dist)
+    run.ddp = wrap_for_training(model, run.dist, args.strategy, mixed_precision("bfloat16", device))
     opt, sched = make_optimizer(model, cfg, total_steps=args.warmup + args.steps)
     dt = time_optimizer_steps(run, opt, sched, n, args.warmup, args.steps, device)
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
@@ -96,7 +99,8 @@ def worker(args) -> None:
     peak = peak_tflops(device, args.peak_tflops)
     est = estimate_training_memory(config, cfg, ModelConfig(dtype="bfloat16", max_length=seq_len), info.world_size)
     if info.is_main:
-        _emit(args, {"impl": "sso", "model": args.model, "mode": args.mode, "gpus": info.world_size,
+        _emit(args, {"impl": "sso", "model": args.model, "mode": args.mode, "strategy": args.strategy,
+                     "gpus": info.world_size,
                      "grad_ckpt": args.grad_ckpt, "pairs_per_step": n, "seq_len": seq_len, "step_s": dt,
                      "tokens_per_s": 2 * n * seq_len / dt, "peak_mem_gib": peak_mem,
                      "estimate_gib": est["total"] / 2**30,
@@ -231,6 +235,7 @@ def main(argv=None) -> None:
     p.add_argument("--response-len", type=int, default=768)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--grad-ckpt", action="store_true")
+    p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"], help="sso rows: ddp or fsdp (FSDP2)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=None)
@@ -243,7 +248,8 @@ def main(argv=None) -> None:
         return trl_worker(args)
     keep = ["--device", args.device, "--pairs-per-gpu", str(args.pairs_per_gpu), "--prompt-len", str(args.prompt_len),
             "--response-len", str(args.response_len), "--lora-r", str(args.lora_r), "--warmup", str(args.warmup),
-            "--steps", str(args.steps), "--out", args.out] + (["--grad-ckpt"] if args.grad_ckpt else []) \
+            "--steps", str(args.steps), "--out", args.out, "--strategy", args.strategy] \
+        + (["--grad-ckpt"] if args.grad_ckpt else []) \
         + (["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else [])
     drive(args, keep)
 

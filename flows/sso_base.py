@@ -28,7 +28,7 @@ from metaflow import Config, FlowSpec, Parameter, card, config_expr, current, re
 from sso_checkpoints import checkpoint_dirs, datastore_checkpoints  # training checkpoints across retries and resume
 from sso_decorators import (  # config-driven @resources/@timeout/@secrets; failure hooks for tests
     compute, kill_hook, secrets_from_config)
-from sso_store import shared_store  # caches (judge answers, principle replies) in the flow's datastore
+from sso_store import shared_store, stored_model  # caches, and full models' files, in the flow's datastore
 import sso_arms  # noqa: E402  (flows/sso_arms.py: what each arm trains on, how, and at what cost)
 import sso_cards  # noqa: E402  (flows/sso_cards.py: sso.report.cards specs -> card components, live training card)
 import sso_nodes  # noqa: E402  (flows/sso_nodes.py: multi-node training steps, @parallel + @torchrun)
@@ -137,7 +137,7 @@ class SSOBase(FlowSpec):
             return adapter, history, summary
         live.finish(history, summary)
         print(f"{title}: {summary}")
-        return adapter, history, summary
+        return stored_model(self, adapter), history, summary   # full models: files in the datastore
 
     # ------------------------------------------------------------------ steps
     @step

@@ -87,3 +87,19 @@ def shared_store(flow, name: str) -> DatastoreStore:
     from metaflow import current
 
     return DatastoreStore(datastore_storage(flow), f"{current.flow_name}/{CACHE_DIR}/{name}")
+
+
+def stored_model(flow, files):
+    """A fully fine-tuned model's files as a :class:`sso.training.stored.StoredFiles` in this
+    flow's datastore (``<Flow>/sso-models/``), not a pickled artifact; LoRA adapters (kilobytes to
+    megabytes) and None are returned as they are."""
+    from metaflow import current
+
+    from sso.training.policy import is_full_model
+    from sso.training.stored import MODELS_DIR, StoredFiles, save_files
+
+    if files is None or isinstance(files, StoredFiles) or not is_full_model(files):
+        return files
+    stored = save_files(datastore_storage(flow), f"{current.flow_name}/{MODELS_DIR}", files)
+    print(f"model files stored in the datastore: {stored!r}")
+    return stored

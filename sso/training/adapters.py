@@ -8,6 +8,7 @@ into a directory that ``PeftModel.from_pretrained`` loads.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -24,7 +25,7 @@ def read_adapter(directory: str | os.PathLike) -> dict[str, bytes]:
 
 def write_adapter(files: dict[str, bytes], directory: str | os.PathLike) -> Path:
     """Write adapter bytes (from ``read_adapter`` / an artifact) to ``directory`` and return it."""
-    if not isinstance(files, dict) or any(f not in files for f in ADAPTER_FILES):
+    if not isinstance(files, Mapping) or any(f not in files for f in ADAPTER_FILES):
         raise ValueError(f"adapter artifact must be a dict with keys {ADAPTER_FILES}")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -134,7 +135,7 @@ def model_device(model) -> torch.device:
 
 def is_full_model(files: dict[str, bytes]) -> bool:
     """True when exported files are a whole model (``config.json`` + safetensors), not a peft adapter."""
-    return (isinstance(files, dict) and "config.json" in files and "adapter_config.json" not in files
+    return (isinstance(files, Mapping) and "config.json" in files and "adapter_config.json" not in files
             and any(name.endswith(".safetensors") for name in files))
 
 
@@ -143,7 +144,7 @@ def write_model_files(files: dict[str, bytes], directory: str | os.PathLike) -> 
     ``AutoModelForCausalLM.from_pretrained`` then loads; returns it."""
     if not is_full_model(files):
         raise ValueError("not full-model files: expected config.json and *.safetensors, "
-                         f"got {sorted(files) if isinstance(files, dict) else type(files).__name__}")
+                         f"got {sorted(files) if isinstance(files, Mapping) else type(files).__name__}")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():

@@ -1,7 +1,8 @@
 """``finetuning = "full"`` for the generator and the policies, trained on 2 DDP processes under
 torchrun inside the flow: the generator's full weights sample the SSO pairs, the policies answer
 and are judged, and every exported model directory reloads with
-``AutoModelForCausalLM.from_pretrained`` to the logits the trainer measured."""
+``AutoModelForCausalLM.from_pretrained`` to the logits the trainer measured. The weights are files in the datastore (``sso-models/``), the
+artifacts small references to them."""
 
 import json
 from pathlib import Path
@@ -48,6 +49,7 @@ def test_full_finetuning_under_torchrun_exports_models_that_reload(mf_env):
     from sso.models.loading import resolve_model_path
     from sso.training.policy import is_full_model
     from sso.training.probe import compute_logits_probe, probe_matches
+    from sso.training.stored import StoredFiles
 
     out = mf_env["root"] / "out"
     cfg = mf_env["root"] / "full.toml"
@@ -57,6 +59,14 @@ def test_full_finetuning_under_torchrun_exports_models_that_reload(mf_env):
         assert result.status == "successful", result.stderr[-5000:]
         data = result.run.data
     assert is_full_model(data.generator_adapter) and all(map(is_full_model, data.policy_adapters.values()))
+    # the weights live in the datastore, raw and content-addressed; the artifacts are references
+    assert isinstance(data.generator_adapter, StoredFiles)
+    models = mf_env["root"] / ".metaflow" / "SSOFlow" / "sso-models"
+    assert Path(data.policy_adapters["sso"].url("model.safetensors")).parent.parent == models
+    stored = [data.generator_adapter, *data.policy_adapters.values()]
+    keys = {key for model in stored for key in model.keys.values()}
+    assert {p.name for p in models.glob("??/*")} == keys     # each distinct file once (configs are shared)
+    assert len({model.keys["model.safetensors"] for model in stored}) == 3
     assert data.generator_summary["processes"] == 2 and len(data.sso_pairs) > 0
     assert list(data.results["n_eval"]) == [4, 4]
     export = next(out.iterdir())
