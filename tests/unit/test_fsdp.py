@@ -54,15 +54,16 @@ def _losses(result) -> list[float]:
     return result.history["loss"].tolist()
 
 
-@pytest.mark.parametrize("finetuning, lr", [("lora", 5e-3), ("full", 1e-3)])
+@pytest.mark.parametrize("finetuning, lr, grad_ckpt", [("lora", 5e-3, True), ("full", 1e-3, False)])
 def test_fsdp_on_two_processes_gives_the_one_process_curve_and_an_export_that_reloads(
-        tiny_model_path, pairs, tmp_path, finetuning, lr):
+        tiny_model_path, pairs, tmp_path, finetuning, lr, grad_ckpt):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from sso.models.loading import load_model
 
-    c = cfg(finetuning=finetuning, learning_rate=lr, grad_accum=2, batch_size=2)   # accumulation too
+    c = cfg(finetuning=finetuning, learning_rate=lr, grad_accum=2, batch_size=2,   # accumulation too
+            gradient_checkpointing=grad_ckpt)
     single = train_dpo(tiny_model_path, pairs, c, MODEL_CFG, seed=0, progress=False)
     main, other = _torchrun(tiny_model_path, pairs, c)
     print(finetuning, "loss, 1 process:", _losses(single), "\n2 processes (fsdp):", _losses(main))
