@@ -93,7 +93,7 @@ def run_iteration(flow, t: int, init) -> dict:
     if cfg.run.mode == "online":
         adapter, history, summary = flow.train(f"Online iteration {t}", cfg.policy, online_iteration, t, init, triples)
         return {"adapter": adapter, "history": history, "summary": summary, "training_data": triples}
-    gen, _gen_history, gen_summary = flow.train(f"Iteration {t}: generator (SSO loss)", cfg.generator,
+    gen, gen_history, gen_summary = flow.train(f"Iteration {t}: generator (SSO loss)", cfg.generator,
                                                 iteration_generator, t, init, triples)
     pairs, report = generator_pairs(flow, gen, t)
     adapter, history, summary = flow.train(f"Iteration {t}: policy ({cfg.policy.loss})", cfg.policy,
@@ -101,7 +101,7 @@ def run_iteration(flow, t: int, init) -> dict:
     summary = {**summary, "generator_seconds": gen_summary["seconds"], "generator_tokens": gen_summary["tokens"],
                "generator_final_loss": gen_summary["final_loss"], "preference_report": report}
     return {"adapter": adapter, "history": history, "summary": summary, "training_data": pairs,
-            "generator_adapter": gen}
+            "generator_adapter": gen, "generator_history": gen_history}
 
 
 def generator_pairs(flow, generator_adapter, t: int):

@@ -18,7 +18,9 @@ and the policy trained from the same adapter (its reference) with ``[policy] los
 Outputs (the loop state, each a list with one entry per iteration so far): ``online_policies``
 (adapter bytes), ``online_histories``, ``online_summaries`` (with ``iteration`` and
 ``init_adapter_sha256``: the adapter it started from, empty for t = 1), ``online_training_data``
-(the triples it trained on), ``online_sampling_reports``; ``iteration_triples`` for t + 1, and
+(the triples it trained on), ``online_sampling_reports``, for ``"iterative"`` also
+``online_generators`` and ``online_generator_histories`` (each iteration's generator and its loss
+curve); ``iteration_triples`` for t + 1, and
 ``loop`` (``again`` / ``done``). Side effects: loads the model for training and for sampling.
 """
 
@@ -32,7 +34,7 @@ from sso.arms import ARMS, arm_policy_config
 from sso.config import SSOConfig
 from sso.generation.shards import generator_table, online_table, policy_table
 STATE = ["online_policies", "online_histories", "online_summaries", "online_training_data",
-         "online_sampling_reports", "online_generators", "iteration_triples"]
+         "online_sampling_reports", "online_generators", "online_generator_histories", "iteration_triples"]
 
 
 def adapter_sha256(adapter: dict[str, bytes] | None) -> str:
@@ -88,6 +90,8 @@ def record_iteration(state: dict, t: int, trained: dict, cfg: SSOConfig, resampl
         "online_training_data": [*state["online_training_data"], trained["training_data"]],
         "online_sampling_reports": list(state["online_sampling_reports"]),
         "online_generators": [*state["online_generators"], *[trained[k] for k in ("generator_adapter",) if k in trained]],
+        "online_generator_histories": [*state["online_generator_histories"],
+                                       *[trained[k] for k in ("generator_history",) if k in trained]],
     }
     if t < cfg.run.iterations:
         new["iteration_triples"], report = resample(adapter, t)

@@ -28,5 +28,5 @@ def initial_artifacts(cfg: SSOConfig, sso_triples: pd.DataFrame) -> dict:
         # online: the loop state (iteration t reads what t - 1 wrote)
         "iteration": 0, "iteration_triples": sso_triples, "online_policies": [],
         "online_histories": [], "online_summaries": [], "online_training_data": [],
-        "online_sampling_reports": [], "online_generators": [],
+        "online_sampling_reports": [], "online_generators": [], "online_generator_histories": [],
     }

@@ -99,7 +99,8 @@ def test_iterative_published_sso_retrains_generator_and_policy_from_the_last_pol
         assert result.status == "successful", result.stderr[-5000:]
         run = result.run
     last = max(run["online_iteration"], key=lambda t: int(t.id)).data
-    assert len(last.online_generators) == len(last.online_policies) == 2
+    assert len(last.online_generators) == len(last.online_policies) == len(last.online_generator_histories) == 2
+    assert all(len(h) > 0 and h["loss"].notna().all() for h in last.online_generator_histories)
     s1, s2 = last.online_summaries
     assert s1["objective"] == s2["objective"] == "dpo" and s2["generator_seconds"] > 0
     assert s2["init_adapter_sha256"] == _sha(last.online_policies[0])     # both stages start from policy 1
