@@ -71,7 +71,8 @@ if __name__ == "__main__":
 def toy_flow(tmp_path):
     flow_dir = tmp_path / "toyflow"
     flow_dir.mkdir()
-    shutil.copy(REPO / "flows" / "sso_checkpoints.py", flow_dir)
+    for module in ("sso_checkpoints.py", "sso_nodes.py"):    # the decorator and what it imports
+        shutil.copy(REPO / "flows" / module, flow_dir)
     (flow_dir / "ckpt_flow.py").write_text(TOY_FLOW)
     return flow_dir / "ckpt_flow.py"
 
