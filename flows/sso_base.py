@@ -31,7 +31,7 @@ from sso_decorators import (  # config-driven @resources/@timeout/@secrets; fail
 from sso_store import shared_store, stored_model  # caches, and full models' files, in the flow's datastore
 import sso_arms  # noqa: E402  (flows/sso_arms.py: what each arm trains on, how, and at what cost)
 import sso_cards  # noqa: E402  (flows/sso_cards.py: sso.report.cards specs -> card components, live training card)
-import sso_nodes  # noqa: E402  (flows/sso_nodes.py: multi-node training steps, @parallel + @torchrun)
+import sso_nodes  # noqa: E402  (flows/sso_nodes.py: multi-node training steps, @parallel + torchrun)
 
 # Make `sso` and `steps` importable when the flow runs from a source checkout (locally, and on
 # remote tasks where @package_sources ships them next to this file's directory).

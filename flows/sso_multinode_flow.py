@@ -30,7 +30,7 @@ from sso_flow import SSOFlow
 import sso_arms  # noqa: E402  (flows/sso_arms.py: what each arm trains on, how, and at what cost)
 from sso_checkpoints import datastore_checkpoints  # training checkpoints across retries and resume
 from sso_decorators import compute, compute_defaults  # config-driven @resources; failure hooks for tests
-from sso_nodes import NODE_OUTPUT, local_nodes_use_this_python, node_zero, parallel_nodes  # torchrun per node
+from sso_nodes import NODE_OUTPUT, keep_node_zero, local_nodes_use_this_python, parallel_nodes  # torchrun per node
 
 local_nodes_use_this_python()   # a local run's extra node tasks start as `python` (see sso_nodes.py)
 
@@ -74,10 +74,7 @@ class SSOMultiNodeFlow(SSOFlow):
     @step
     def join_generator_nodes(self, inputs):
         """Node 0's generator (rank 0's outputs)."""
-        self.merge_artifacts(inputs, exclude=NODE_ARTIFACTS + PER_GENERATOR)
-        zero = node_zero(inputs)
-        for name in PER_GENERATOR:
-            setattr(self, name, getattr(zero, name))
+        keep_node_zero(self, inputs, PER_GENERATOR)
         self.next(self.split_preferences)
 
     @step
@@ -111,14 +108,10 @@ class SSOMultiNodeFlow(SSOFlow):
     @step
     def join_policy_nodes(self, inputs):
         """Node 0's policy (rank 0's outputs)."""
-        self.merge_artifacts(inputs, exclude=NODE_ARTIFACTS + PER_POLICY)
-        zero = node_zero(inputs)
-        for name in PER_POLICY:
-            setattr(self, name, getattr(zero, name))
+        keep_node_zero(self, inputs, PER_POLICY)
         self.next(self.generate_answers)
 
 
-NODE_ARTIFACTS = [NODE_OUTPUT]
 PER_GENERATOR = ["generator_adapter", "generator_history", "generator_summary"]
 PER_POLICY = ["policy_adapter", "policy_history", "policy_summary", "arm_info"]
 

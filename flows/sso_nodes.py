@@ -36,7 +36,7 @@ def parallel_nodes() -> tuple[int, int, str | None]:
 
 class NodeLauncher:
     """``launcher`` of :func:`sso.training.launch.train_job` on one node: runs ``torchrun`` with
-    this node's ``--nnodes/--node_rank`` and the rendezvous at node 0 (``current.parallel.main_ip``)
+    this node's ``--nnodes/--node_rank`` and the rendezvous at node 0 (``MF_PARALLEL_MAIN_IP``)
     and says whether this node holds rank 0 (node 0 does). torchrun's output streams into the
     task's log; a failure on any node fails every node's torchrun (the rendezvous or the first
     collective breaks) and so every node's task.
@@ -86,6 +86,14 @@ def node_zero(inputs):
         raise RuntimeError(f"expected exactly one node-0 task among {len(list(inputs))} inputs, found {len(zero)}")
     return zero[0]
 
+
+def keep_node_zero(flow, inputs, outputs) -> None:
+    """The join after a multi-node step: the artifacts every node shares, and node 0's ``outputs``
+    (the other nodes stored None for them)."""
+    flow.merge_artifacts(inputs, exclude=[NODE_OUTPUT, *outputs])
+    zero = node_zero(inputs)
+    for name in outputs:
+        setattr(flow, name, getattr(zero, name))
 
 
 def local_nodes_use_this_python() -> None:

@@ -27,11 +27,11 @@ def train_generator(variant: str, sso_triples: pd.DataFrame, cfg: SSOConfig, mod
                     checkpoint_dir: str | None = None, progress: bool = True, on_log=None,
                     resume_dirs=(), launcher=None):
     from sso.arms import generator_config, plan_run
-    from sso.training.launch import train_job, train_processes
+    from sso.training.launch import job_outputs, train_job, train_processes
 
     triples = generator_table(sso_triples, cfg, model_path)
     gen_cfg = generator_config(cfg.generator, plan_run(cfg).generators[variant])
     result = train_job("sso", model_path, triples, gen_cfg, cfg.model, seed=cfg.run.seed,
                        nproc=train_processes(cfg.resources.train), checkpoint_dir=checkpoint_dir,
                        progress=progress, on_log=on_log, resume_dirs=resume_dirs, launcher=launcher)
-    return (None, None, None) if result is None else (result.adapter, result.history, result.summary)
+    return job_outputs(result)

@@ -27,7 +27,7 @@ def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str,
                  checkpoint_dir: str | None = None, progress: bool = True, on_log=None,
                  resume_dirs=(), launcher=None):
     from sso.arms import plan_run
-    from sso.training.launch import train_job, train_processes
+    from sso.training.launch import job_outputs, train_job, train_processes
 
     spec = plan_run(cfg).arms[arm]
     run = dict(seed=cfg.run.seed, nproc=train_processes(cfg.resources.train), checkpoint_dir=checkpoint_dir,
@@ -40,4 +40,4 @@ def train_policy(arm: str, pairs: pd.DataFrame, cfg: SSOConfig, model_path: str,
     else:
         table = policy_table(pairs, cfg, model_path, arm)
         result = train_job("dpo", model_path, table, arm_policy_config(cfg.policy, spec), cfg.model, **run)
-    return (None, None, None) if result is None else (result.adapter, result.history, result.summary)
+    return job_outputs(result)

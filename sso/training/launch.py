@@ -97,8 +97,8 @@ def torchrun_job(job: dict, nproc: int, workdir: str | None = None, *, rank_outp
     when torchrun fails.
 
     ``launcher(args, nproc)``, when given, starts torchrun itself with the entry point's ``args``
-    (on every node of a multi-node job: ``@torchrun``'s ``current.torch.run``, which adds
-    ``--nnodes/--node_rank/--master_addr``) and returns whether this node holds rank 0; on the
+    (on every node of a multi-node job, with that node's ``--nnodes/--node_rank/--master_addr``:
+    ``NodeLauncher`` of ``flows/sso_nodes.py``) and returns whether this node holds rank 0; on the
     other nodes the result is None (rank 0 alone writes one)."""
     with tempfile.TemporaryDirectory(prefix="sso-torchrun-", dir=workdir) as tmp:
         job_path, out = os.path.join(tmp, "job.pkl"), os.path.join(tmp, "result.pkl")
@@ -146,7 +146,7 @@ def train_job(objective: str, model_path: str, table, cfg, model_cfg, *, seed: i
     from sso.training import trainer
 
     fn = {"dpo": trainer.train_dpo, "sso": trainer.train_sso, "online_sso": trainer.train_online}[objective]
-    nodes = getattr(launcher, "nodes", 1) if launcher is not None else 1
+    nodes = getattr(launcher, "nodes", 1)
     if nproc <= 1 and launcher is None:
         return fn(model_path, table, cfg, model_cfg, seed=seed, on_log=on_log, **options)
     log = logging.getLogger("sso.training")
@@ -162,6 +162,11 @@ def train_job(objective: str, model_path: str, table, cfg, model_cfg, *, seed: i
     if nodes > 1:
         result.summary["nodes"] = nodes
     return result
+
+
+def job_outputs(result) -> tuple:
+    """(adapter, history, summary) of a :func:`train_job` result; all None on a node without rank 0."""
+    return (None, None, None) if result is None else (result.adapter, result.history, result.summary)
 
 
 if __name__ == "__main__":

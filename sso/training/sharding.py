@@ -80,12 +80,11 @@ def is_sharded(wrapper) -> bool:
 def grad_sync(wrapper, sync: bool):
     """The context of one micro-batch's backward: DDP's ``no_sync`` unless ``sync``; for FSDP2 the
     reduce-scatter is switched off or on; nothing when not distributed."""
-    if wrapper is None or sync and not is_sharded(wrapper):
-        return contextlib.nullcontext()
-    if is_sharded(wrapper):
+    if wrapper is not None and is_sharded(wrapper):
         wrapper.set_requires_gradient_sync(sync)
-        return contextlib.nullcontext()
-    return wrapper.no_sync()
+    elif wrapper is not None and not sync:
+        return wrapper.no_sync()
+    return contextlib.nullcontext()
 
 
 def full_norm(norm):
