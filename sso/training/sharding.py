@@ -79,12 +79,42 @@ def is_sharded(wrapper) -> bool:
 
 def grad_sync(wrapper, sync: bool):
     """The context of one micro-batch's backward: DDP's ``no_sync`` unless ``sync``; for FSDP2 the
-    reduce-scatter is switched off or on; nothing when not distributed."""
-    if wrapper is not None and is_sharded(wrapper):
+    reduce-scatter is switched off or on; for DeepSpeed the micro-batch is marked as the
+    accumulation boundary or not; nothing when not distributed."""
+    from sso.training.zero import is_zero
+
+    if wrapper is not None and is_zero(wrapper):
+        wrapper.set_gradient_accumulation_boundary(sync)
+    elif wrapper is not None and is_sharded(wrapper):
         wrapper.set_requires_gradient_sync(sync)
     elif wrapper is not None and not sync:
         return wrapper.no_sync()
     return contextlib.nullcontext()
+
+
+def backward(wrapper, loss) -> None:
+    """``loss.backward()``; through the engine under DeepSpeed (:func:`sso.training.zero.zero_backward`)."""
+    from sso.training.zero import is_zero, zero_backward
+
+    if wrapper is not None and is_zero(wrapper):
+        zero_backward(wrapper, loss)
+    else:
+        loss.backward()
+
+
+def clip_and_step(model, wrapper, opt, max_grad_norm: float):
+    """Clip the gradients to ``max_grad_norm`` (0: no clipping), step AdamW and zero the
+    gradients; returns the gradient norm before clipping. Under DeepSpeed the engine does all
+    three (:func:`sso.training.zero.zero_step`)."""
+    from sso.training.zero import is_zero, zero_step
+
+    if wrapper is not None and is_zero(wrapper):
+        return zero_step(wrapper)
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = full_norm(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf")))
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return norm
 
 
 def full_norm(norm):
@@ -117,13 +147,19 @@ def restore_state(model, opt, trainable: dict, optim: dict) -> None:
                    options=_options(strict=False))
 
 
-def materialize(model, build):
-    """An unsharded copy of the sharded ``model`` on rank 0 (``build()`` makes the empty copy:
-    the same architecture, loaded as at the start); None on the other ranks. A collective."""
+def materialize(model, build, wrapper=None):
+    """An unsharded copy of the sharded ``model`` (FSDP2, or the model of the ZeRO-3 engine
+    ``wrapper``) on rank 0 (``build()`` makes the empty copy: the same architecture, loaded as at
+    the start); None on the other ranks. A collective."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    full = get_model_state_dict(model, options=_options(cpu_offload=True))
+    from sso.training.zero import gather_zero3, is_zero
+
+    if wrapper is not None and is_zero(wrapper):
+        full = gather_zero3(wrapper)
+    else:
+        full = get_model_state_dict(model, options=_options(cpu_offload=True))
     if dist.get_rank() != 0:
         return None
     plain = build()

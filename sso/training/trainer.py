@@ -43,7 +43,6 @@ import torch
 from torch import Tensor
 
 from sso.config import ModelConfig, TrainConfig
-from sso.models.loading import pick_device
 from sso.training.checkpoints import (compute_fingerprint, find_checkpoint, restore_checkpoint,
                                       save_training_checkpoint)
 from sso.training.distributed import (DistInfo, accumulate_gradients, all_reduce_sum, check_strategy, dist_info,
@@ -56,7 +55,7 @@ from sso.training.policy import (autocast, export_adapter, load_policy_model, lo
 from sso.training.probe import compute_logits_probe
 from sso.training.reference import compute_onpolicyness, count_capped, encode_roles, fit_examples, score_all
 from sso.training.schedule import build_schedule, lr_factor, steps_per_epoch
-from sso.training.sharding import full_norm, gather_state, is_sharded, materialize, mixed_precision
+from sso.training.sharding import clip_and_step, gather_state, is_sharded, materialize
 from sso.training.scoring import Encoded, collate, pad_token_id, sequence_logps
 
 log = logging.getLogger("sso.training")
@@ -201,13 +200,9 @@ def optimizer_step(run: TrainRun, opt, sched, micro_batches: list[list[int]]) ->
     if run.dist.active:
         reduced = all_reduce_sum(torch.stack([*sums.values(), torch.tensor(float(tokens), device=dev)]))
         sums, tokens = dict(zip(sums, reduced[:-1])), int(round(float(reduced[-1])))
-    params = [p for p in run.model.parameters() if p.requires_grad]
-    clip = run.cfg.max_grad_norm if run.cfg.max_grad_norm > 0 else float("inf")
-    grad_norm = full_norm(torch.nn.utils.clip_grad_norm_(params, clip))
     lr = sched.get_last_lr()[0]
-    opt.step()
+    grad_norm = clip_and_step(run.model, run.ddp, opt, run.cfg.max_grad_norm)
     sched.step()
-    opt.zero_grad(set_to_none=True)
     values = torch.stack([*sums.values(), grad_norm.float().to(dev)]).tolist()  # 1 sync
     return {**{k: v / n for k, v in zip(sums, values)}, "grad_norm": values[-1], "learning_rate": lr,
             "tokens": tokens}
@@ -362,29 +357,29 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
 
     validate_table(table, objective, "pairs" if objective.name == "dpo" else "triples")
     strategy = getattr(cfg, "strategy", "ddp")
-    check_strategy(strategy, pick_device(model_cfg.device))
-    sharded = strategy == "fsdp" and dist_info().active     # float32 master weights, sharded
+    check_strategy(strategy, cfg.checkpoint_every)
+    sharded = strategy in ("fsdp", "zero3") and dist_info().active     # no rank holds whole weights
     table = table.reset_index(drop=True)
     fingerprint = run_fingerprint(objective, table, cfg, model_cfg, seed, init_adapter)
     ckpt, note = find_checkpoint(checkpoint_dir, fingerprint, resume_dirs)
     same_on_all_ranks(ckpt["step"] if ckpt else -1, "the checkpoint step found (is checkpoint_dir shared?)")
     if note:
         log.info("train %s: %s", objective.name, note)
-    load_cfg = dataclasses.replace(model_cfg, dtype="float32") if sharded else model_cfg
+    fp32 = strategy == "fsdp" and dist_info().active    # FSDP2: float32 master weights, sharded
+    load_cfg = dataclasses.replace(model_cfg, dtype="float32") if fp32 else model_cfg
     run, info = prepare_run(objective, model_path, table, cfg, load_cfg, seed, init_adapter, ckpt,
                             progress=progress)
     info = {**info, "checkpoint_note": note} if note else info
     run.dist = dist_info()
     info = {**info, **log_memory_estimate(run.model, cfg, model_cfg, run.dist.world_size, len(objective.roles))}
-    run.ddp = wrap_for_training(run.model, run.dist, strategy,
-                                mixed_precision(model_cfg.dtype, model_device(run.model)) if sharded else None)
     n_examples = len(run.encoded[0])   # after dropping prompts that do not fit
     schedule = build_schedule(n_examples, cfg, seed)
-    opt, sched = make_optimizer(run.model, cfg, len(schedule))
+    run.ddp, opt, sched = wrap_for_training(run.model, run.dist, lambda: make_optimizer(run.model, cfg, len(schedule)),
+                                            strategy, model_cfg.dtype, cfg.max_grad_norm)
     state = {"step": 0, "seconds": 0.0, "tokens": 0, "examples_seen": 0, "history": [],
              "fingerprint": fingerprint, "info": info}
     if ckpt is not None:
-        restore_checkpoint(ckpt, run.model, opt, sched, sharded)
+        restore_checkpoint(ckpt, run.model, opt, sched, fp32)
         state = {k: ckpt[k] for k in state if k != "info"} | {"info": info}
     start = state["step"]
     state = _run_loop(run, opt, sched, schedule, state, checkpoint_dir, progress, on_log)
@@ -392,7 +387,7 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
     info = {**info, "steps_run": state["step"] - start}     # by this call (fewer when resumed)
     if sharded:   # rank 0: an unsharded copy for the final metrics and the export
         run.model, run.ddp = materialize(run.model, lambda: load_policy_model(
-            model_path, cfg, model_cfg, seed, init_adapter)), None
+            model_path, cfg, model_cfg, seed, init_adapter), run.ddp), None
     if not run.dist.is_main:   # the same history on every rank; rank 0 alone exports
         return TrainResult(adapter={}, history=history, summary={"rank": run.dist.rank, "exported": False})
     summary = _summary(run, state, history, n_examples, {**info, "world_size": run.dist.world_size})

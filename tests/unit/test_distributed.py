@@ -13,7 +13,7 @@ import torch
 import sso.training.trainer as trainer_mod
 from sso.config import ModelConfig, TrainConfig
 from sso.generation.chat import render_prompt
-from sso.training.distributed import DistInfo, check_strategy, rank_slice, torchrun_command
+from sso.training.distributed import DistInfo, rank_slice, torchrun_command
 from sso.training.launch import make_job, torchrun_job
 from sso.training.objectives import DPO_OBJECTIVE
 from sso.training.policy import is_full_model, reference_context, write_model_files
@@ -71,16 +71,6 @@ def test_rank_slices_partition_every_micro_batch():
         parts = [rank_slice(idx, DistInfo(r, world)) for r in range(world)]
         assert sum(parts, []) == idx
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
-
-
-def test_deepspeed_strategies_are_refused_with_the_one_that_shards_and_unknown_ones_are_named():
-    check_strategy("ddp", torch.device("cpu"))
-    check_strategy("fsdp", torch.device("cpu"))        # FSDP2 runs on gloo too (tests/unit/test_fsdp.py)
-    for strategy in ("zero2", "zero3"):
-        with pytest.raises(NotImplementedError, match="not wired into the trainer: use 'fsdp'"):
-            check_strategy(strategy, torch.device("cpu"))
-    with pytest.raises(ValueError, match="strategy must be one of"):
-        check_strategy("zero1", torch.device("cpu"))
 
 
 def test_torchrun_command_multi_node():

@@ -1,0 +1,134 @@
+"""``strategy = "zero2" | "zero3"``: DeepSpeed ZeRO for the trainer (``pip install 'sso-flow[deepspeed]'``).
+
+ZeRO-2 shards AdamW's state and the gradients over the ranks (every rank keeps the whole model);
+ZeRO-3 shards the parameters too, gathering a layer's weights only while it runs. The engine wraps
+the same root scorer as DDP and FSDP (:class:`sso.training.distributed.LogpsModule`: decoder and
+chunked LM head; under ZeRO-3 DeepSpeed gathers the head's weight when the chunked log-probs read
+it inside that forward) and the trainer's own AdamW and warmup + cosine schedule, so the loss, the
+data order and the step arithmetic are those of the other strategies. What changes in the loop
+(:mod:`sso.training.trainer`):
+
+- backward goes through ``engine.backward`` (ZeRO's gradient partitioning), unscaled: DeepSpeed's
+  own accumulation count stays 1 and the trainer marks the last micro-batch of each optimizer
+  step as the accumulation boundary (:func:`sso.training.sharding.grad_sync`), as it switches off
+  DDP's all-reduce and FSDP's reduce-scatter for the others;
+- ``engine.step()`` clips (``gradient_clipping`` = ``max_grad_norm``) and steps AdamW; the step's
+  gradient norm is DeepSpeed's (before clipping, as ``clip_grad_norm_`` returns it);
+- precision: float32 master weights and moments in DeepSpeed's optimizer; on CUDA with
+  ``[model] dtype = "bfloat16"`` the model computes in bf16 (``bf16.enabled``); on CPU (gloo: the
+  tests) everything is float32;
+- after the last step rank 0 needs whole weights for the final metrics and the export: under
+  ZeRO-2 its module already holds them; under ZeRO-3 every parameter is gathered once
+  (:func:`gather_zero3`, a collective) into an unsharded copy (:func:`sso.training.sharding.materialize`).
+
+Training checkpoints (``checkpoint_every``) are not written under ZeRO: the optimizer state lives in
+per-rank partitions that rank 0 alone cannot write; :func:`check_zero` refuses the combination
+before the model loads, naming ``fsdp``, whose checkpoints are gathered to rank 0.
+
+On CPU, DeepSpeed would JIT-compile a shared-memory all-reduce kernel (C++, about a minute on two
+cores, and a compiler on the machine) the first time it starts; :func:`zero_engine` keeps plain
+gloo collectives there instead (the kernel only speeds up CPU all-reduce).
+"""
+
+from __future__ import annotations
+
+import torch
+
+STAGES = {"zero2": 2, "zero3": 3}
+
+
+def is_zero(wrapper) -> bool:
+    """Whether ``wrapper`` (the trainer's distributed scorer) is a DeepSpeed engine."""
+    return type(wrapper).__name__ == "DeepSpeedEngine" or hasattr(wrapper, "zero_optimization_stage")
+
+
+def check_zero(strategy: str, checkpoint_every: int) -> None:
+    """Before any model loads: DeepSpeed installed, and no training checkpoints asked for."""
+    if strategy not in STAGES:
+        return
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f"strategy {strategy!r} needs DeepSpeed: pip install 'sso-flow[deepspeed]' "
+                          f"(or strategy = 'fsdp', PyTorch FSDP2, which needs nothing more)") from exc
+    if checkpoint_every:
+        raise ValueError(f"checkpoint_every = {checkpoint_every} with strategy {strategy!r}: ZeRO keeps the "
+                         f"optimizer state in per-rank partitions, which the trainer's rank-0 checkpoints "
+                         f"cannot hold; use strategy = 'fsdp' (checkpoints gathered to rank 0) or "
+                         f"checkpoint_every = 0")
+
+
+def deepspeed_config(stage: int, device: torch.device, model_dtype: str, world_size: int,
+                     max_grad_norm: float) -> dict:
+    """The engine's config: ZeRO ``stage``, the trainer's own accumulation and AdamW (a client
+    optimizer), clipping, bf16/fp16 compute on CUDA only."""
+    conf = {
+        "train_batch_size": world_size, "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,          # the trainer accumulates and marks the boundary
+        "gradient_clipping": float(max_grad_norm) if max_grad_norm > 0 else 0.0,
+        "zero_optimization": {"stage": stage},
+        "zero_allow_untested_optimizer": True,     # torch.optim.AdamW, the trainer's
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2 ** 31, "wall_clock_breakdown": False,
+    }
+    if device.type == "cuda" and model_dtype == "bfloat16":
+        conf["bf16"] = {"enabled": True}
+    elif device.type == "cuda" and model_dtype == "float16":
+        conf["fp16"] = {"enabled": True}           # dynamic loss scaling: DeepSpeed skips overflowed steps
+    return conf
+
+
+def _plain_gloo_on_cpu(device: torch.device) -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory CPU all-reduce kernel (see the module
+    docstring): it then uses the gloo process group as it is."""
+    if device.type == "cpu":
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def zero_engine(model, opt, strategy: str, model_dtype: str, max_grad_norm: float):
+    """The DeepSpeed engine over ``LogpsModule(model)`` and the trainer's AdamW ``opt`` (the
+    process group is torchrun's, already initialised)."""
+    import logging
+
+    import deepspeed
+    import torch.distributed as dist
+
+    from sso.training.distributed import LogpsModule
+
+    device = next(model.parameters()).device
+    _plain_gloo_on_cpu(device)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    conf = deepspeed_config(STAGES[strategy], device, model_dtype, dist.get_world_size(), max_grad_norm)
+    engine, _, _, _ = deepspeed.initialize(model=LogpsModule(model), optimizer=opt, config=conf,
+                                           dist_init_required=False)
+    return engine
+
+
+def zero_backward(engine, loss) -> None:
+    """``loss.backward()`` through the engine (ZeRO's hooks), not divided by DeepSpeed's
+    accumulation count (the trainer scales the loss itself)."""
+    engine.backward(loss, scale_wrt_gas=False)
+
+
+def zero_step(engine) -> torch.Tensor:
+    """Clip and step (at the boundary the last backward marked); the gradient norm before clipping."""
+    engine.step()
+    norm = engine.get_global_grad_norm()
+    return norm.detach().float().cpu() if torch.is_tensor(norm) else torch.tensor(float(norm or 0.0))
+
+
+def gather_zero3(engine) -> dict[str, torch.Tensor]:
+    """Every parameter of the ZeRO-3 ``engine``'s model, whole, on rank 0 (CPU), named as in the
+    unwrapped model; {} on the other ranks. A collective: one gather per parameter, so no rank
+    ever holds more than one whole parameter beyond its shards."""
+    import deepspeed
+    import torch.distributed as dist
+
+    full, main = {}, dist.get_rank() == 0
+    for name, param in engine.module.policy.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            if main:
+                full[name] = param.detach().to("cpu", copy=True)
+    return full
