@@ -38,11 +38,12 @@ COPY pyproject.toml README.md ./
 COPY sso ./sso
 COPY steps ./steps
 
-# torch first and pinned (the CUDA build from PyPI), then the package with the GPU extra (vllm),
-# pinned to the same line as the CPU test environment (see pyproject.toml).
+# torch first and pinned (the CUDA build from PyPI), then the package with the GPU extras (vllm;
+# deepspeed for strategy = "zero2" / "zero3", no prebuilt ops), pinned to the same line as the CPU
+# test environment (see pyproject.toml).
 RUN pip install "torch==2.13.0" \
- && pip install ".[vllm]" "boto3>=1.40" "requests>=2.31" \
- && python -c "import torch, transformers, peft, vllm, openai, metaflow, boto3, requests, sso, steps; \
+ && DS_BUILD_OPS=0 pip install ".[vllm,deepspeed]" "boto3>=1.40" "requests>=2.31" \
+ && python -c "import torch, transformers, peft, vllm, deepspeed, openai, metaflow, boto3, requests, sso, steps; \
 print('torch', torch.__version__, 'cuda', torch.version.cuda, '| vllm', vllm.__version__)"
 
 # Optional: bake base-model weights into the image so GPU jobs do not download them each time.

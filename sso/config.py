@@ -333,13 +333,6 @@ def _cross_checks(cfg: SSOConfig) -> None:
             f"[resources.train] nodes = {cfg.resources.train.nodes} with [run] mode = '{cfg.run.mode}': "
             f"multi-node training of the online loop is not built (SSOMultiNodeFlow runs mode 'offline'); "
             f"train the loop on one node with gpu = N (one DDP process per GPU)")
-    for table in ("generator", "policy"):
-        t = getattr(cfg, table)
-        if t.strategy in ("zero2", "zero3") and t.checkpoint_every:
-            raise ConfigError(
-                f"[{table}] checkpoint_every = {t.checkpoint_every} with strategy = '{t.strategy}': ZeRO keeps "
-                f"the optimizer state in per-rank partitions that the rank-0 checkpoints cannot hold; use "
-                f"strategy = 'fsdp' (checkpoints gathered to rank 0) or checkpoint_every = 0")
     from sso.arms import online_mode_error
 
     if online_mode_error(cfg):

@@ -148,10 +148,15 @@ def find_checkpoint(checkpoint_dir: str | None, fingerprint: str, earlier: Seque
     return None, ""
 
 
-def restore_checkpoint(ckpt: dict, model, opt, sched, sharded: bool = False) -> None:
+def restore_checkpoint(ckpt: dict, model, opt, sched, sharded: bool = False, wrapper=None) -> None:
     """Put a checkpoint's trainable parameters, optimizer, scheduler and RNG states back (into a
-    sharded model: :func:`sso.training.sharding.restore_state`, on every rank)."""
-    if sharded:
+    sharded model: :func:`sso.training.sharding.restore_state`; under DeepSpeed, ``wrapper`` its
+    engine: :func:`sso.training.zero.restore_zero`; on every rank)."""
+    from sso.training.zero import is_zero, restore_zero
+
+    if wrapper is not None and is_zero(wrapper):
+        restore_zero(wrapper, ckpt["trainable"], ckpt["optimizer"])
+    elif sharded:
         from sso.training.sharding import restore_state
 
         restore_state(model, opt, ckpt["trainable"], ckpt["optimizer"])

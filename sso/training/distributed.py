@@ -136,14 +136,14 @@ def rank_slice(idx: Sequence[int], info: DistInfo) -> list[int]:
     return list(idx[r * n // w: (r + 1) * n // w])
 
 
-def check_strategy(strategy: str, checkpoint_every: int = 0) -> None:
+def check_strategy(strategy: str) -> None:
     """Before any model loads: ValueError for an unknown strategy; for the DeepSpeed ones, that
-    DeepSpeed is installed and no training checkpoints are asked for (:func:`sso.training.zero.check_zero`)."""
+    DeepSpeed is installed (:func:`sso.training.zero.check_zero`)."""
     from sso.training.zero import check_zero
 
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    check_zero(strategy, checkpoint_every)
+    check_zero(strategy)
 
 
 class LogpsModule(torch.nn.Module):

@@ -128,11 +128,16 @@ def _options(**kw):
     return StateDictOptions(full_state_dict=True, **kw)
 
 
-def gather_state(model, opt) -> tuple[dict, dict]:
+def gather_state(model, opt, wrapper=None) -> tuple[dict, dict]:
     """(full trainable parameters, full optimizer state by parameter name) on rank 0, ({}, {}) on
-    the others. A collective: every rank must call it."""
+    the others; under DeepSpeed (``wrapper`` its engine) every rank's ZeRO partition instead
+    (:func:`sso.training.zero.gather_zero_state`). A collective: every rank must call it."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    from sso.training.zero import gather_zero_state, is_zero
+
+    if wrapper is not None and is_zero(wrapper):
+        return gather_zero_state(wrapper)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     weights, optim = get_state_dict(model, opt, options=_options(cpu_offload=True))
     return {n: t for n, t in weights.items() if n in trainable}, optim

@@ -56,6 +56,7 @@ from sso.training.probe import compute_logits_probe
 from sso.training.reference import compute_onpolicyness, count_capped, encode_roles, fit_examples, score_all
 from sso.training.schedule import build_schedule, lr_factor, steps_per_epoch
 from sso.training.sharding import clip_and_step, gather_state, is_sharded, materialize
+from sso.training.zero import is_zero
 from sso.training.scoring import Encoded, collate, pad_token_id, sequence_logps
 
 log = logging.getLogger("sso.training")
@@ -231,7 +232,7 @@ def _count_step(state: dict, rec: dict[str, float], micro_batches: list[list[int
 
 def _checkpoint(run: TrainRun, checkpoint_dir: str, state: dict, opt, sched) -> None:
     """Rank 0 writes the checkpoint (a sharded model's state gathered by every rank first)."""
-    gathered = gather_state(run.model, opt) if is_sharded(run.ddp) else None
+    gathered = gather_state(run.model, opt, run.ddp) if is_sharded(run.ddp) or is_zero(run.ddp) else None
     if run.dist.is_main:
         save_training_checkpoint(checkpoint_dir, state, run.model, opt, sched, run.ref_logps, gathered)
 
@@ -357,7 +358,7 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
 
     validate_table(table, objective, "pairs" if objective.name == "dpo" else "triples")
     strategy = getattr(cfg, "strategy", "ddp")
-    check_strategy(strategy, cfg.checkpoint_every)
+    check_strategy(strategy)
     sharded = strategy in ("fsdp", "zero3") and dist_info().active     # no rank holds whole weights
     table = table.reset_index(drop=True)
     fingerprint = run_fingerprint(objective, table, cfg, model_cfg, seed, init_adapter)
@@ -379,7 +380,7 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
     state = {"step": 0, "seconds": 0.0, "tokens": 0, "examples_seen": 0, "history": [],
              "fingerprint": fingerprint, "info": info}
     if ckpt is not None:
-        restore_checkpoint(ckpt, run.model, opt, sched, fp32)
+        restore_checkpoint(ckpt, run.model, opt, sched, fp32, run.ddp)
         state = {k: ckpt[k] for k in state if k != "info"} | {"info": info}
     start = state["step"]
     state = _run_loop(run, opt, sched, schedule, state, checkpoint_dir, progress, on_log)

@@ -21,9 +21,11 @@ data order and the step arithmetic are those of the other strategies. What chang
   ZeRO-2 its module already holds them; under ZeRO-3 every parameter is gathered once
   (:func:`gather_zero3`, a collective) into an unsharded copy (:func:`sso.training.sharding.materialize`).
 
-Training checkpoints (``checkpoint_every``) are not written under ZeRO: the optimizer state lives in
-per-rank partitions that rank 0 alone cannot write; :func:`check_zero` refuses the combination
-before the model loads, naming ``fsdp``, whose checkpoints are gathered to rank 0.
+Training checkpoints (``checkpoint_every``): every rank's ZeRO optimizer state (its partition of
+the float32 master weights and AdamW moments, DeepSpeed's own ``state_dict()``) is gathered to
+rank 0, which writes them into the one checkpoint file with the trainable weights (whole: rank 0's
+module under ZeRO-2; under ZeRO-3 the float32 partitions are the weights). A resumed run loads
+rank r's partition on rank r (:func:`restore_zero`), so it needs the same number of ranks.
 
 On CPU, DeepSpeed would JIT-compile a shared-memory all-reduce kernel (C++, about a minute on two
 cores, and a compiler on the machine) the first time it starts; :func:`zero_engine` keeps plain
@@ -42,8 +44,8 @@ def is_zero(wrapper) -> bool:
     return type(wrapper).__name__ == "DeepSpeedEngine" or hasattr(wrapper, "zero_optimization_stage")
 
 
-def check_zero(strategy: str, checkpoint_every: int) -> None:
-    """Before any model loads: DeepSpeed installed, and no training checkpoints asked for."""
+def check_zero(strategy: str) -> None:
+    """Before any model loads: DeepSpeed is installed for the ZeRO strategies."""
     if strategy not in STAGES:
         return
     try:
@@ -51,11 +53,6 @@ def check_zero(strategy: str, checkpoint_every: int) -> None:
     except ImportError as exc:
         raise ImportError(f"strategy {strategy!r} needs DeepSpeed: pip install 'sso-flow[deepspeed]' "
                           f"(or strategy = 'fsdp', PyTorch FSDP2, which needs nothing more)") from exc
-    if checkpoint_every:
-        raise ValueError(f"checkpoint_every = {checkpoint_every} with strategy {strategy!r}: ZeRO keeps the "
-                         f"optimizer state in per-rank partitions, which the trainer's rank-0 checkpoints "
-                         f"cannot hold; use strategy = 'fsdp' (checkpoints gathered to rank 0) or "
-                         f"checkpoint_every = 0")
 
 
 def deepspeed_config(stage: int, device: torch.device, model_dtype: str, world_size: int,
@@ -132,3 +129,43 @@ def gather_zero3(engine) -> dict[str, torch.Tensor]:
             if main:
                 full[name] = param.detach().to("cpu", copy=True)
     return full
+
+
+def gather_zero_state(engine) -> tuple[dict[str, torch.Tensor], dict]:
+    """(trainable weights, {"zero_partitions": every rank's serialised ZeRO optimizer state}) on
+    rank 0, ({}, {}) on the others. A collective: every rank must call it."""
+    import io
+
+    import torch.distributed as dist
+
+    buf = io.BytesIO()
+    torch.save(engine.optimizer.state_dict(), buf)
+    parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(buf.getvalue(), parts, dst=0)
+    if dist.get_rank() != 0:
+        return {}, {}
+    model = engine.module.policy
+    weights = {} if engine.zero_optimization_stage() == 3 else {     # ZeRO-3: the partitions hold them
+        n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return weights, {"zero_partitions": parts}
+
+
+def restore_zero(engine, trainable: dict[str, torch.Tensor], optim: dict) -> None:
+    """Load what :func:`gather_zero_state` saved, on every rank: the weights into the module
+    (ZeRO-2), this rank's partition into DeepSpeed's optimizer (master weights, moments, and
+    under ZeRO-3 the weights)."""
+    import io
+
+    import torch.distributed as dist
+
+    parts = optim["zero_partitions"]
+    if len(parts) != dist.get_world_size():
+        raise ValueError(f"this checkpoint was written by {len(parts)} ranks; a ZeRO run resumes only on the "
+                         f"same number (now {dist.get_world_size()})")
+    params = dict(engine.module.policy.named_parameters())
+    with torch.no_grad():
+        for name, value in trainable.items():
+            params[name].copy_(value.to(params[name].device))
+    # DeepSpeed's own state dicts (loss scaler objects, version strings): written by rank 0 of this run
+    states = [torch.load(io.BytesIO(p), map_location="cpu", weights_only=False) for p in parts]
+    engine.optimizer.load_state_dict(states, load_optimizer_states=True, load_from_fp32_weights=True)

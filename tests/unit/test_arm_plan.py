@@ -49,9 +49,6 @@ def test_online_mode_adds_one_arm_per_iteration_and_refuses_generator_arms():
                                           r"online loop is not built"):
         validate(cfg(run={"mode": "online"}, policy={"arms": ["pbaa"]}, resources={"train": {"nodes": 2}}))
     assert validate(cfg(resources={"train": {"nodes": 2}})).resources.train.nodes == 2   # offline: SSOMultiNodeFlow
-    with pytest.raises(ConfigError, match=r"\[policy\] checkpoint_every = 10 with strategy = 'zero3': ZeRO keeps"):
-        validate(cfg(policy={"strategy": "zero3", "checkpoint_every": 10}))
-    assert validate(cfg(generator={"strategy": "zero2"}, policy={"strategy": "fsdp", "checkpoint_every": 10}))
     with pytest.raises(ConfigError, match=r"\[run\] mode must be one of"):
         cfg(run={"mode": "batch"})
     with pytest.raises(ConfigError, match=r"\[generator.sweep\] gamma must be a list of at most 10 distinct"):
