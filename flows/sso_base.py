@@ -74,7 +74,10 @@ FLOW_OF_MODE = {"offline": ("SSOFlow", "flows/sso_flow.py"), "online": ("SSOOnli
 
 def check_mode(mode: str, flow_name: str, modes: tuple[str, ...], nodes: int = 1, multi_node: bool = False) -> None:
     """A ConfigError naming the flow to run when ``[run] mode`` is not one this flow runs, or when
-    ``[resources.train] nodes`` > 1 asks for multi-node training of a flow that trains on one node."""
+    ``[resources.train] nodes`` > 1 asks for multi-node training of a flow that trains on one node
+    (or on AWS Batch with local metadata: :func:`sso_nodes.check_batch_metadata`)."""
+    from sso_nodes import check_batch_metadata
+
     if mode not in modes:
         name, path = FLOW_OF_MODE[mode]
         raise ConfigError(f"[run] mode = '{mode}' runs with {name}: python {path} --config cfg <config> run "
@@ -84,6 +87,7 @@ def check_mode(mode: str, flow_name: str, modes: tuple[str, ...], nodes: int = 1
                           f"python flows/sso_multinode_flow.py --config cfg <config> run --with batch (or "
                           f"--with kubernetes, argo-workflows create); {flow_name} trains on one node "
                           f"(gpu = N there: one DDP process per GPU)")
+    check_batch_metadata(nodes)
 
 
 class SSOBase(FlowSpec):

@@ -106,3 +106,21 @@ def local_nodes_use_this_python() -> None:
     here = os.path.dirname(sys.executable)
     if os.environ.get("PATH", "").split(os.pathsep)[0] != here:
         os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
+
+
+
+def check_batch_metadata(nodes: int) -> None:
+    """Refuse, in ``start``, multi-node training on AWS Batch with local metadata. Metaflow's Batch
+    decorator makes node 0 of a multi-node job wait for the other nodes' tasks by looking them up
+    in the metadata; local metadata is each container's own, so node 0 never sees them and the
+    step fails after 600 s ("Batch secondary workers did not finish"), after all the sampling
+    before it has been paid for. Kubernetes and Argo JobSets do not wait that way."""
+    from sso.config import ConfigError
+
+    if nodes > 1 and "AWS_BATCH_JOB_ID" in os.environ and \
+            os.environ.get("METAFLOW_DEFAULT_METADATA", "local") == "local":
+        raise ConfigError(
+            f"[resources.train] nodes = {nodes} on AWS Batch needs the Metaflow metadata service "
+            f"(METAFLOW_DEFAULT_METADATA=service, METAFLOW_SERVICE_URL): with local metadata node 0 of "
+            f"a multi-node Batch job cannot see the other nodes' tasks and fails after 600 s. Deploy "
+            f"the metadata service, or train on one node (nodes = 1, gpu = N), or use --with kubernetes")
