@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "flows"))
-from sso_nodes import NodeLauncher, node_zero, parallel_nodes  # noqa: E402
+from sso_nodes import NodeLauncher, check_batch_metadata, node_zero, parallel_nodes  # noqa: E402
 
 
 def test_each_node_runs_torchrun_with_its_rank_and_the_rendezvous_of_node_zero():
@@ -48,3 +48,18 @@ def test_the_join_keeps_node_zero_and_refuses_anything_else():
     assert node_zero(inputs).policy_summary == {"x": 1}
     with pytest.raises(RuntimeError, match="exactly one node-0 task among 2 inputs, found 0"):
         node_zero([SimpleNamespace(node_index=1), SimpleNamespace(node_index=2)])
+
+
+def test_multi_node_on_batch_with_local_metadata_is_refused_with_what_to_do(monkeypatch):
+    from sso.config import ConfigError
+
+    monkeypatch.delenv("AWS_BATCH_JOB_ID", raising=False)
+    check_batch_metadata(2)                                  # not on Batch: Kubernetes, local, Argo
+    monkeypatch.setenv("AWS_BATCH_JOB_ID", "job-1")
+    check_batch_metadata(1)                                  # one node: no cross-node wait
+    monkeypatch.setenv("METAFLOW_DEFAULT_METADATA", "service")
+    check_batch_metadata(4)
+    monkeypatch.setenv("METAFLOW_DEFAULT_METADATA", "local")
+    with pytest.raises(ConfigError, match=r"nodes = 4 on AWS Batch needs the Metaflow metadata service "
+                                          r"\(METAFLOW_DEFAULT_METADATA=service"):
+        check_batch_metadata(4)
