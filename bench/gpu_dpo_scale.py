@@ -19,7 +19,7 @@ accelerate's DDP setup over gloo; the sso rows run on 1 and 2 CPU processes.)
 
 GPU:        python bench/gpu_dpo_scale.py --models 1b,8b --modes lora,full --gpus 1,2 --trl
 8 GPUs:     python bench/gpu_dpo_scale.py --models 8b --modes lora,full --gpus 1,8 --grad-ckpt
-8B full:    python bench/gpu_dpo_scale.py --models 8b --modes full --gpus 8 --grad-ckpt --strategy fsdp
+8B full:    python bench/gpu_dpo_scale.py --models 8b --modes full --gpus 8 --grad-ckpt --strategy fsdp   # or zero3
 CPU smoke:  python bench/gpu_dpo_scale.py --device cpu --models tiny --gpus 1,2 --steps 1 --warmup 1
 """
 
