@@ -1,5 +1,6 @@
-"""``finetuning = "full"`` for the generator and the policies, trained on 2 DDP processes under
-torchrun inside the flow: the generator's full weights sample the SSO pairs, the policies answer
+"""``finetuning = "full"`` for the generator and the policies, trained on 2 processes under
+torchrun inside the flow (the generator with DeepSpeed ZeRO-3, as the paper trains, the policies
+with DDP): the generator's full weights sample the SSO pairs, the policies answer
 and are judged, and every exported model directory reloads with
 ``AutoModelForCausalLM.from_pretrained`` to the logits the trainer measured. The weights are files in the datastore (``sso-models/``), the
 artifacts small references to them."""
@@ -24,6 +25,7 @@ max_new_tokens = 12
 shards = 1
 [generator]
 finetuning = "full"
+strategy = "zero3"
 learning_rate = 1e-3
 epochs = 1
 batch_size = 4
@@ -68,6 +70,7 @@ def test_full_finetuning_under_torchrun_exports_models_that_reload(mf_env):
     assert {p.name for p in models.glob("??/*")} == keys     # each distinct file once (configs are shared)
     assert len({model.keys["model.safetensors"] for model in stored}) == 3
     assert data.generator_summary["processes"] == 2 and len(data.sso_pairs) > 0
+    assert data.generator_summary["strategy"] == "zero3" and data.policy_summaries["sso"]["strategy"] == "ddp"
     assert list(data.results["n_eval"]) == [4, 4]
     export = next(out.iterdir())
     manifest = json.loads((export / "manifest.json").read_text())
