@@ -54,24 +54,14 @@ def _losses(result) -> list[float]:
     return result.history["loss"].tolist()
 
 
-@pytest.mark.parametrize("finetuning, lr, grad_ckpt", [("lora", 5e-3, True), ("full", 1e-3, False)])
-def test_fsdp_on_two_processes_gives_the_one_process_curve_and_an_export_that_reloads(
-        tiny_model_path, pairs, tmp_path, finetuning, lr, grad_ckpt):
+def check_export(main, single, finetuning: str, tiny_model_path, tmp_path) -> None:
+    """Rank 0's export reloads (full model directory, or LoRA adapter on the base) to the logits
+    probe rank 0 measured, and is close to the one-process run's model."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from sso.models.loading import load_model
 
-    c = cfg(finetuning=finetuning, learning_rate=lr, grad_accum=2, batch_size=2,   # accumulation too
-            gradient_checkpointing=grad_ckpt)
-    single = train_dpo(tiny_model_path, pairs, c, MODEL_CFG, seed=0, progress=False)
-    main, other = _torchrun(tiny_model_path, pairs, c)
-    print(finetuning, "loss, 1 process:", _losses(single), "\n2 processes (fsdp):", _losses(main))
-    assert len(_losses(main)) == 3
-    assert _losses(main) == pytest.approx(_losses(single), rel=1e-5)
-    assert main.history["grad_norm"].tolist() == pytest.approx(single.history["grad_norm"].tolist(), rel=1e-4)
-    assert not _losses(single)[-1] == pytest.approx(_losses(single)[0], rel=1e-4)      # it trained
-    assert main.summary["world_size"] == 2 and other.summary == {"rank": 1, "exported": False}
     if finetuning == "full":
         model = AutoModelForCausalLM.from_pretrained(str(write_model_files(main.adapter, tmp_path / "m")))
     else:
@@ -85,6 +75,22 @@ def test_fsdp_on_two_processes_gives_the_one_process_curve_and_an_export_that_re
     probe, one = compute_logits_probe(model), single.summary["logits_probe"]
     assert probe["abs_sum"] == pytest.approx(one["abs_sum"], rel=1e-5)
     assert probe["top_logits"] == pytest.approx(one["top_logits"], rel=1e-4) and probe["top_ids"] == one["top_ids"]
+
+
+@pytest.mark.parametrize("finetuning, lr, grad_ckpt", [("lora", 5e-3, True), ("full", 1e-3, False)])
+def test_fsdp_on_two_processes_gives_the_one_process_curve_and_an_export_that_reloads(
+        tiny_model_path, pairs, tmp_path, finetuning, lr, grad_ckpt):
+    c = cfg(finetuning=finetuning, learning_rate=lr, grad_accum=2, batch_size=2,   # accumulation too
+            gradient_checkpointing=grad_ckpt)
+    single = train_dpo(tiny_model_path, pairs, c, MODEL_CFG, seed=0, progress=False)
+    main, other = _torchrun(tiny_model_path, pairs, c)
+    print(finetuning, "loss, 1 process:", _losses(single), "\n2 processes (fsdp):", _losses(main))
+    assert len(_losses(main)) == 3
+    assert _losses(main) == pytest.approx(_losses(single), rel=1e-5)
+    assert main.history["grad_norm"].tolist() == pytest.approx(single.history["grad_norm"].tolist(), rel=1e-4)
+    assert not _losses(single)[-1] == pytest.approx(_losses(single)[0], rel=1e-4)      # it trained
+    assert main.summary["world_size"] == 2 and other.summary == {"rank": 1, "exported": False}
+    check_export(main, single, finetuning, tiny_model_path, tmp_path)
 
 
 def test_fsdp_resumes_from_the_checkpoint_its_shards_were_gathered_into(tiny_model_path, pairs, tmp_path):

@@ -9,10 +9,9 @@ import sys
 import pytest
 
 from sso.training.distributed import check_strategy
-from sso.training.policy import write_model_files
-from sso.training.probe import compute_logits_probe, probe_matches
+from sso.training.probe import probe_matches
 from sso.training.trainer import train_dpo
-from test_fsdp import MODEL_CFG, _losses, _torchrun, cfg, pairs  # noqa: F401  (the same data and run)
+from test_fsdp import MODEL_CFG, _losses, _torchrun, cfg, check_export, pairs  # noqa: F401  (the same data and run)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -24,11 +23,6 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 ])
 def test_zero_on_two_processes_gives_the_one_process_curve_and_an_export_that_reloads(
         tiny_model_path, pairs, tmp_path, strategy, finetuning, lr, grad_ckpt):  # noqa: F811
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from sso.models.loading import load_model
-
     c = cfg(strategy=strategy, finetuning=finetuning, learning_rate=lr, grad_accum=2, batch_size=2,
             gradient_checkpointing=grad_ckpt, max_grad_norm=1.0)
     single = train_dpo(tiny_model_path, pairs, c, MODEL_CFG, seed=0, progress=False)
@@ -47,17 +41,7 @@ def test_zero_on_two_processes_gives_the_one_process_curve_and_an_export_that_re
     assert main.history["learning_rate"].tolist() == single.history["learning_rate"].tolist()
     assert not _losses(single)[-1] == pytest.approx(_losses(single)[0], rel=1e-4)      # it trained
     assert main.summary["world_size"] == 2 and other.summary == {"rank": 1, "exported": False}
-    if finetuning == "full":
-        model = AutoModelForCausalLM.from_pretrained(str(write_model_files(main.adapter, tmp_path / "m")))
-    else:
-        (tmp_path / "a").mkdir()
-        for name, data in main.adapter.items():
-            (tmp_path / "a" / name).write_bytes(data)
-        model = PeftModel.from_pretrained(load_model(tiny_model_path, dtype="float32", device="cpu"), str(tmp_path / "a"))
-    assert probe_matches(main.summary["logits_probe"], compute_logits_probe(model))     # what was exported
-    probe, one = compute_logits_probe(model), single.summary["logits_probe"]
-    assert probe["abs_sum"] == pytest.approx(one["abs_sum"], rel=1e-5)
-    assert probe["top_logits"] == pytest.approx(one["top_logits"], rel=1e-4) and probe["top_ids"] == one["top_ids"]
+    check_export(main, single, finetuning, tiny_model_path, tmp_path)
 
 
 @pytest.mark.parametrize("strategy, finetuning, lr", [("zero3", "full", 1e-3), ("zero2", "lora", 5e-3)])
