@@ -26,9 +26,10 @@ code (as Batch decides a multi-node job by its main node); DescribeJobs answers 
 
 ``DIR/jobs.jsonl`` gets one line per job, or per node of a multi-node job (name, queue, image,
 resource requirements, timeout, node index and count, the job environment as submitted, exit
-code) for tests to assert on; ``DIR/jobs/<id>.log`` keeps each job's (node's) output. ``DIR/control.json``, if present, is read at each
-job start: ``{"extra_env": {...}}`` is added to the job's environment (the tests' failure switch,
-standing in for a broken job). The server stops on SIGTERM/SIGINT.
+code) for tests to assert on; ``DIR/jobs/<id>.log`` keeps each job's output (``<id>-node<i>.log``
+for node i of a multi-node job). ``DIR/control.json``, if present, is read at each job start:
+``{"extra_env": {...}}`` is added to the job's environment (the tests' failure switch, standing
+in for a broken job). The server stops on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
