@@ -391,6 +391,6 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
             model_path, cfg, model_cfg, seed, init_adapter), run.ddp), None
     if not run.dist.is_main:   # the same history on every rank; rank 0 alone exports
         return TrainResult(adapter={}, history=history, summary={"rank": run.dist.rank, "exported": False})
-    info = {**info, "world_size": run.dist.world_size, "strategy": strategy}
+    info = {**info, "world_size": run.dist.world_size, "strategy": strategy if run.dist.active else "one process"}
     summary = _summary(run, state, history, n_examples, info)
     return TrainResult(adapter=export_adapter(run.model), history=history, summary=summary)

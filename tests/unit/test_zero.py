@@ -41,6 +41,7 @@ def test_zero_on_two_processes_gives_the_one_process_curve_and_an_export_that_re
     assert main.history["learning_rate"].tolist() == single.history["learning_rate"].tolist()
     assert not _losses(single)[-1] == pytest.approx(_losses(single)[0], rel=1e-4)      # it trained
     assert main.summary["world_size"] == 2 and other.summary == {"rank": 1, "exported": False}
+    assert main.summary["strategy"] == strategy and single.summary["strategy"] == "one process"
     check_export(main, single, finetuning, tiny_model_path, tmp_path)
 
 
