@@ -24,8 +24,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from sso.config import TrainConfig
-from sso.training.objectives import Objective
+from sso.config import ModelConfig, TrainConfig
+from sso.training.objectives import Objective, finished_flags, response_columns
 from sso.training.policy import is_peft_model
 
 CHECKPOINT_PREFIX = "step-"
@@ -44,6 +44,15 @@ def compute_fingerprint(objective: Objective, table, cfg: TrainConfig, seed: int
             h.update(value.encode("utf-8", "surrogatepass"))
             h.update(b"\x00")
     return h.hexdigest()
+
+
+def run_fingerprint(objective: Objective, table, cfg: TrainConfig, model_cfg: ModelConfig, seed: int,
+                    init_adapter) -> str:
+    """:func:`compute_fingerprint` extended by what else changes the scored sequences: the
+    finished flags of every response column and ``max_length`` (sha256 hex)."""
+    flags = [finished_flags(table, col) for col in response_columns(objective.roles)]
+    extra = json.dumps([model_cfg.max_length, flags]).encode()
+    return hashlib.sha256(compute_fingerprint(objective, table, cfg, seed, init_adapter).encode() + extra).hexdigest()
 
 
 def trainable_state(model) -> dict[str, Tensor]:
@@ -154,7 +163,7 @@ def restore_checkpoint(ckpt: dict, model, opt, sched, sharded: bool = False, wra
     engine: :func:`sso.training.zero.restore_zero`; on every rank)."""
     from sso.training.zero import is_zero, restore_zero
 
-    if wrapper is not None and is_zero(wrapper):
+    if is_zero(wrapper):
         restore_zero(wrapper, ckpt["trainable"], ckpt["optimizer"])
     elif sharded:
         from sso.training.sharding import restore_state

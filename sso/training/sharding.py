@@ -83,9 +83,9 @@ def grad_sync(wrapper, sync: bool):
     accumulation boundary or not; nothing when not distributed."""
     from sso.training.zero import is_zero
 
-    if wrapper is not None and is_zero(wrapper):
+    if is_zero(wrapper):
         wrapper.set_gradient_accumulation_boundary(sync)
-    elif wrapper is not None and is_sharded(wrapper):
+    elif is_sharded(wrapper):
         wrapper.set_requires_gradient_sync(sync)
     elif wrapper is not None and not sync:
         return wrapper.no_sync()
@@ -93,11 +93,12 @@ def grad_sync(wrapper, sync: bool):
 
 
 def backward(wrapper, loss) -> None:
-    """``loss.backward()``; through the engine under DeepSpeed (:func:`sso.training.zero.zero_backward`)."""
-    from sso.training.zero import is_zero, zero_backward
+    """``loss.backward()``; under DeepSpeed through the engine (ZeRO's hooks), not divided by
+    DeepSpeed's accumulation count (the trainer scales the loss itself)."""
+    from sso.training.zero import is_zero
 
-    if wrapper is not None and is_zero(wrapper):
-        zero_backward(wrapper, loss)
+    if is_zero(wrapper):
+        wrapper.backward(loss, scale_wrt_gas=False)
     else:
         loss.backward()
 
@@ -108,7 +109,7 @@ def clip_and_step(model, wrapper, opt, max_grad_norm: float):
     three (:func:`sso.training.zero.zero_step`)."""
     from sso.training.zero import is_zero, zero_step
 
-    if wrapper is not None and is_zero(wrapper):
+    if is_zero(wrapper):
         return zero_step(wrapper)
     params = [p for p in model.parameters() if p.requires_grad]
     norm = full_norm(torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf")))
@@ -136,7 +137,7 @@ def gather_state(model, opt, wrapper=None) -> tuple[dict, dict]:
 
     from sso.training.zero import gather_zero_state, is_zero
 
-    if wrapper is not None and is_zero(wrapper):
+    if is_zero(wrapper):
         return gather_zero_state(wrapper)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     weights, optim = get_state_dict(model, opt, options=_options(cpu_offload=True))
@@ -161,7 +162,7 @@ def materialize(model, build, wrapper=None):
 
     from sso.training.zero import gather_zero3, is_zero
 
-    if wrapper is not None and is_zero(wrapper):
+    if is_zero(wrapper):
         full = gather_zero3(wrapper)
     else:
         full = get_model_state_dict(model, options=_options(cpu_offload=True))
