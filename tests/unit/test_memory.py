@@ -135,8 +135,9 @@ def test_out_of_memory_retries_the_step_with_half_micro_batches(tiny_model_path,
     # the step that ran out of memory: the same rows, the same loss and gradient
     assert b[0] == pytest.approx(a[0], rel=1e-6)
     assert retried.history["grad_norm"].iloc[0] == pytest.approx(plain.history["grad_norm"].iloc[0], rel=1e-6)
-    # later steps: Adam's first steps magnify float-rounding differences of near-zero gradients
-    assert b == pytest.approx(a, rel=1e-4) and abs(a[-1] - a[0]) > 1e-3      # and the steps did learn
+    # later steps: Adam's first steps magnify float-rounding differences of near-zero gradients,
+    # by how much depends on the CPU's kernels (2.1e-4 at the third step on an AMD EPYC)
+    assert b == pytest.approx(a, rel=1e-3) and abs(a[-1] - a[0]) > 1e-2      # and the steps did learn
 
 
 def test_out_of_memory_on_single_rows_is_raised(tiny_model_path, pairs, monkeypatch):
