@@ -159,19 +159,21 @@ class LogpsModule(torch.nn.Module):
 
 
 def wrap_for_training(model, info: DistInfo, make_optimizer, strategy: str = "ddp", model_dtype: str = "float32",
-                      max_grad_norm: float = 0.0):
+                      max_grad_norm: float = 0.0, root=None):
     """(the distributed scorer of ``model``, its optimizer, its scheduler): the scorer is a
     :class:`LogpsModule` under DistributedDataParallel, the FSDP2-sharded root for ``fsdp``
     (:mod:`sso.training.sharding`) or the DeepSpeed engine for ``zero2`` / ``zero3``
     (:mod:`sso.training.zero`), None in one process. ``make_optimizer()`` builds (AdamW,
     scheduler) over the model's trainable parameters: after sharding for FSDP2 (it replaces the
-    parameters), before the engine for DeepSpeed (which takes the optimizer over)."""
+    parameters), before the engine for DeepSpeed (which takes the optimizer over). ``root``: the
+    FSDP2 root of a model already sharded as it was loaded (:mod:`sso.training.sharded_load`)."""
     if not info.active:
         return (None, *make_optimizer())
     if strategy == "fsdp":
         from sso.training.sharding import mixed_precision, shard_model
 
-        root = shard_model(model, mixed_precision(model_dtype, next(model.parameters()).device))
+        if root is None:
+            root = shard_model(model, mixed_precision(model_dtype, next(model.parameters()).device))
         return (root, *make_optimizer())
     if strategy in ("zero2", "zero3"):
         from sso.training.zero import zero_engine
@@ -212,25 +214,23 @@ def accumulate_gradients(run, micro_batches: list[list[int]], n_rows: int) -> tu
 
 
 def score_reference(model, encoded, max_length: int, pad_id: int, seqs_per_batch: int,
-                    progress_desc: str | None = None) -> tuple[Tensor, Tensor, int]:
-    """:func:`sso.training.reference.score_all`, each rank scoring every ``world_size``-th example
-    and the results summed over ranks (every rank gets the full ``[k, N]`` tensors)."""
-    from sso.training.reference import score_all
+                    progress_desc: str | None = None, scorer=None) -> tuple[Tensor, Tensor, int]:
+    """:func:`sso.training.reference.score_all`, each rank scoring every ``world_size``-th batch
+    of the length-sorted sequences (the batches one process scores) and the results summed over
+    ranks (every rank gets the full ``[k, N]`` tensors). ``scorer``: a sharded scorer of ``model``
+    (FSDP2 root, ZeRO-3 engine); every rank then runs the same number of forwards."""
+    from sso.training.reference import length_sorted_batches, score_all
 
     info = dist_info()
     if not info.active:
-        return score_all(model, encoded, max_length, pad_id, seqs_per_batch, progress_desc)
-    n = len(encoded[0])
-    cols = list(range(info.rank, n, info.world_size))
-    logps, ntok = torch.zeros(len(encoded), n), torch.zeros(len(encoded), n)
-    n_truncated = 0
-    if cols:
-        part = [[role[i] for i in cols] for role in encoded]
-        lp, nt, n_truncated = score_all(model, part, max_length, pad_id, seqs_per_batch,
-                                        progress_desc if info.is_main else None)
-        logps[:, cols], ntok[:, cols] = lp, nt
+        return score_all(model, encoded, max_length, pad_id, seqs_per_batch, progress_desc, scorer=scorer)
+    batches = length_sorted_batches(encoded, seqs_per_batch)
+    n_calls = -(-len(batches) // info.world_size) if scorer is not None else 0
+    logps, ntok, n_truncated = score_all(model, encoded, max_length, pad_id, seqs_per_batch,
+                                         progress_desc if info.is_main else None,
+                                         batches=batches[info.rank::info.world_size], n_calls=n_calls, scorer=scorer)
     packed = all_reduce_sum(torch.cat([logps.flatten(), ntok.flatten(), torch.tensor([float(n_truncated)])]))
-    k = len(encoded)
+    k, n = len(encoded), len(encoded[0])
     return packed[: k * n].view(k, n), packed[k * n: 2 * k * n].view(k, n), int(packed[-1])
 
 

@@ -45,8 +45,12 @@ def load_policy_tokenizer(model_path: str, model_cfg: ModelConfig):
 def _load_base(path: str, cfg: TrainConfig, model_cfg: ModelConfig, revision: str):
     from sso.models.loading import load_model
 
-    base = load_model(path, dtype=model_cfg.dtype, device=model_cfg.device, revision=revision,
-                      trust_remote_code=model_cfg.trust_remote_code)
+    return prepare_base(load_model(path, dtype=model_cfg.dtype, device=model_cfg.device, revision=revision,
+                                   trust_remote_code=model_cfg.trust_remote_code), cfg)
+
+
+def prepare_base(base, cfg: TrainConfig):
+    """The base model set up for training: no KV cache, gradient checkpointing when asked."""
     base.config.use_cache = False
     if cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

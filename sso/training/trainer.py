@@ -12,7 +12,8 @@ How a run goes:
    prompt leaves too little of ``max_length`` for a response is dropped (all its roles), counted
    and listed in the summary (:func:`sso.training.reference.fit_examples`);
 3. load the base model, wrap it in a fresh LoRA adapter (``cfg.lora``) or in ``init_adapter``
-   (:mod:`sso.training.policy`), and score every kept sequence ONCE under the reference (adapter
+   (:mod:`sso.training.policy`; under ``fsdp`` / ``zero3`` on 2+ ranks rank 0 alone loads it and
+   every rank fills its shards: :mod:`sso.training.sharded_load`), and score every kept sequence ONCE under the reference (adapter
    disabled, or the starting ``init_adapter`` as it is before training), no grad: the reference log-probs
    and the on-policyness (mean per-token probability ``exp(a(y|x))``) come out of that pass and
    no reference forward runs during training (:mod:`sso.training.reference`);
@@ -32,7 +33,6 @@ position of a checkpoint is just the number of optimizer steps taken.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -43,18 +43,17 @@ import torch
 from torch import Tensor
 
 from sso.config import ModelConfig, TrainConfig
-from sso.training.checkpoints import (compute_fingerprint, find_checkpoint, restore_checkpoint,
-                                      save_training_checkpoint)
+from sso.training.checkpoints import find_checkpoint, restore_checkpoint, run_fingerprint, save_training_checkpoint
 from sso.training.distributed import (DistInfo, accumulate_gradients, all_reduce_sum, check_strategy, dist_info,
                                       same_on_all_ranks, score_reference, wrap_for_training)
 from sso.training.memory import log_memory_estimate, release_cached_memory, retry_split, split_micro_batches
-from sso.training.objectives import (DPO_OBJECTIVE, ONLINE_OBJECTIVE, SSO_OBJECTIVE, Objective, finished_flags, report_roles,
-                                     response_columns, validate_table)
+from sso.training.objectives import DPO_OBJECTIVE, ONLINE_OBJECTIVE, SSO_OBJECTIVE, Objective, report_roles, validate_table
 from sso.training.policy import (autocast, export_adapter, load_policy_model, load_policy_tokenizer, model_device,
                                  reference_context)
 from sso.training.probe import compute_logits_probe
 from sso.training.reference import compute_onpolicyness, count_capped, encode_roles, fit_examples, score_all
 from sso.training.schedule import build_schedule, lr_factor, steps_per_epoch
+from sso.training.sharded_load import load_for_training, loads_sharded
 from sso.training.sharding import clip_and_step, gather_state, is_sharded, materialize
 from sso.training.zero import is_zero
 from sso.training.scoring import Encoded, collate, pad_token_id, sequence_logps
@@ -148,7 +147,10 @@ class TrainRun:
     max_length: int
     pad_id: int
     dist: DistInfo = field(default_factory=DistInfo)   # this rank (rank 0 of 1 without torchrun)
-    ddp: object = None     # the DistributedDataParallel scorer of ``model`` when distributed
+    ddp: object = None     # the distributed scorer of ``model`` (DDP, FSDP2 root, DeepSpeed engine)
+    schedule: list = field(default_factory=list)   # the optimizer steps' micro-batches
+    opt: object = None     # AdamW over the trainable parameters
+    sched: object = None   # its warmup + cosine schedule
     micro_split: int = 1   # each scheduled micro-batch runs in this many pieces (doubled on OOM)
 
     def micro_batch(self, idx: list[int]) -> dict[str, Tensor]:
@@ -230,20 +232,20 @@ def _count_step(state: dict, rec: dict[str, float], micro_batches: list[list[int
     state["step"] += 1
 
 
-def _checkpoint(run: TrainRun, checkpoint_dir: str, state: dict, opt, sched) -> None:
+def _checkpoint(run: TrainRun, checkpoint_dir: str, state: dict) -> None:
     """Rank 0 writes the checkpoint (a sharded model's state gathered by every rank first)."""
-    gathered = gather_state(run.model, opt, run.ddp) if is_sharded(run.ddp) or is_zero(run.ddp) else None
+    gathered = gather_state(run.model, run.opt, run.ddp) if is_sharded(run.ddp) or is_zero(run.ddp) else None
     if run.dist.is_main:
-        save_training_checkpoint(checkpoint_dir, state, run.model, opt, sched, run.ref_logps, gathered)
+        save_training_checkpoint(checkpoint_dir, state, run.model, run.opt, run.sched, run.ref_logps, gathered)
 
 
-def _run_loop(run: TrainRun, opt, sched, schedule, state: dict, checkpoint_dir: str | None,
-              progress: bool, on_log: OnLog | None = None) -> dict:
+def _run_loop(run: TrainRun, state: dict, checkpoint_dir: str | None, progress: bool,
+              on_log: OnLog | None = None) -> dict:
     """Take the remaining optimizer steps, logging and checkpointing (rank 0 only, when
     distributed); returns the final state."""
     from sso.progress import progress_bar
 
-    cfg, total = run.cfg, len(schedule)
+    cfg, schedule, total = run.cfg, run.schedule, len(run.schedule)
     per_epoch = steps_per_epoch(len(run.encoded[0]), cfg)
     run.model.train()
     bar = progress_bar(total, f"train {run.objective.name}", unit="step", initial=state["step"],
@@ -251,7 +253,7 @@ def _run_loop(run: TrainRun, opt, sched, schedule, state: dict, checkpoint_dir: 
     t_log, tok_log = time.perf_counter(), 0
     for step in range(state["step"], total):
         t0 = time.perf_counter()
-        rec = optimizer_step(run, opt, sched, schedule[step][1])
+        rec = optimizer_step(run, run.opt, run.sched, schedule[step][1])
         _count_step(state, rec, schedule[step][1], time.perf_counter() - t0)
         tok_log += rec["tokens"]
         if state["step"] % cfg.log_every == 0 or state["step"] == total:
@@ -264,7 +266,7 @@ def _run_loop(run: TrainRun, opt, sched, schedule, state: dict, checkpoint_dir: 
                 on_log(dict(state["history"][-1]))
         if checkpoint_dir and cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 \
                 and state["step"] < total:
-            _checkpoint(run, checkpoint_dir, state, opt, sched)
+            _checkpoint(run, checkpoint_dir, state)
         bar.update(1)
     bar.close()
     return state
@@ -286,44 +288,41 @@ def encode_table(tokenizer, objective: Objective, table, max_length: int) -> tup
 
 
 def prepare_run(objective: Objective, model_path, table, cfg, model_cfg, seed, init_adapter,
-                ckpt: dict | None = None, progress: bool = False):
-    """Tokenise (dropping examples whose prompt does not fit), load the model, and precompute the
-    reference log-probs (+ on-policyness) of the kept rows (shared out over the ranks when
-    distributed). The reference is the model before any step: LoRA with the adapter disabled (or
-    the starting adapter), a fully fine-tuned model as loaded.
+                ckpt: dict | None = None, progress: bool = False, strategy: str = "ddp"):
+    """Tokenise (dropping examples whose prompt does not fit), load the model (sharded for
+    ``fsdp`` / ``zero3`` on 2+ ranks: :mod:`sso.training.sharded_load`), log the memory estimate,
+    build the schedule, the distributed scorer, AdamW and its schedule (``run.schedule``,
+    ``run.ddp``, ``run.opt``, ``run.sched``), and precompute the reference log-probs
+    (+ on-policyness) of the kept rows, shared out over the ranks when distributed. The reference
+    is the model before any step: LoRA with the adapter disabled (or the starting adapter), a fully
+    fine-tuned model as loaded.
 
     The data is checked before the model is loaded. When resuming, the reference log-probs and the
     report come from the checkpoint instead.
     """
     tokenizer = load_policy_tokenizer(model_path, model_cfg)
     encoded, data_info = encode_table(tokenizer, objective, table, model_cfg.max_length)
-    model = load_policy_model(model_path, cfg, model_cfg, seed, init_adapter)
+    model, root = load_for_training(model_path, cfg, model_cfg, seed, init_adapter, strategy)
     k, pad_id = len(objective.roles), pad_token_id(tokenizer)
+    run = TrainRun(model, objective, cfg, encoded[:k], None, model_cfg.max_length, pad_id, dist=dist_info())
+    memory = log_memory_estimate(model, cfg, model_cfg, run.dist.world_size, k)
+    run.schedule = build_schedule(len(encoded[0]), cfg, seed)
+    run.ddp, run.opt, run.sched = wrap_for_training(model, run.dist, lambda: make_optimizer(model, cfg, len(run.schedule)),
+                                                    strategy, model_cfg.dtype, cfg.max_grad_norm, root=root)
     if ckpt is not None:
-        run = TrainRun(model, objective, cfg, encoded[:k], ckpt["ref_logps"], model_cfg.max_length, pad_id)
-        return run, {**ckpt["info"], "resumed_from_step": ckpt["step"]}
+        run.ref_logps = ckpt["ref_logps"]
+        return run, {**ckpt["info"], **memory, "resumed_from_step": ckpt["step"]}
     names = [r[0] for r in objective.roles + report_roles(objective, table)]
     t0 = time.perf_counter()
+    sharded = loads_sharded(strategy, run.dist.world_size)     # score through the sharded scorer
     with reference_context(model, init_adapter is not None):   # a no-op for full fine-tuning
         ref_logps, ntok, n_truncated = score_reference(model, encoded, model_cfg.max_length, pad_id,
                                                        2 * cfg.batch_size,
-                                                       f"reference {objective.name}" if progress else None)
-    info = {**data_info, **compute_onpolicyness(names, ref_logps, ntok),
-            "reference_seconds": time.perf_counter() - t0, "truncated_sequences": n_truncated}
-    run = TrainRun(model, objective, cfg, encoded[:k], ref_logps[:k], model_cfg.max_length, pad_id)
-    return run, info
-
-
-def run_fingerprint(objective: Objective, table, cfg: TrainConfig, model_cfg: ModelConfig, seed: int,
-                    init_adapter) -> str:
-    """:func:`compute_fingerprint` extended by what else changes the scored sequences: the
-    finished flags of every response column and ``max_length`` (sha256 hex)."""
-    import hashlib
-    import json
-
-    flags = [finished_flags(table, col) for col in response_columns(objective.roles)]
-    extra = json.dumps([model_cfg.max_length, flags]).encode()
-    return hashlib.sha256(compute_fingerprint(objective, table, cfg, seed, init_adapter).encode() + extra).hexdigest()
+                                                       f"reference {objective.name}" if progress else None,
+                                                       scorer=run.ddp if sharded else None)
+    run.ref_logps = ref_logps[:k]
+    return run, {**data_info, **memory, **compute_onpolicyness(names, ref_logps, ntok),
+                 "reference_seconds": time.perf_counter() - t0, "truncated_sequences": n_truncated}
 
 
 @torch.no_grad()
@@ -359,31 +358,24 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
     validate_table(table, objective, "pairs" if objective.name == "dpo" else "triples")
     strategy = getattr(cfg, "strategy", "ddp")
     check_strategy(strategy)
-    sharded = strategy in ("fsdp", "zero3") and dist_info().active     # no rank holds whole weights
+    sharded = loads_sharded(strategy, dist_info().world_size)     # no rank holds whole weights
     table = table.reset_index(drop=True)
     fingerprint = run_fingerprint(objective, table, cfg, model_cfg, seed, init_adapter)
     ckpt, note = find_checkpoint(checkpoint_dir, fingerprint, resume_dirs)
     same_on_all_ranks(ckpt["step"] if ckpt else -1, "the checkpoint step found (is checkpoint_dir shared?)")
     if note:
         log.info("train %s: %s", objective.name, note)
-    fp32 = strategy == "fsdp" and dist_info().active    # FSDP2: float32 master weights, sharded
-    load_cfg = dataclasses.replace(model_cfg, dtype="float32") if fp32 else model_cfg
-    run, info = prepare_run(objective, model_path, table, cfg, load_cfg, seed, init_adapter, ckpt,
-                            progress=progress)
+    run, info = prepare_run(objective, model_path, table, cfg, model_cfg, seed, init_adapter, ckpt,
+                            progress=progress, strategy=strategy)
     info = {**info, "checkpoint_note": note} if note else info
-    run.dist = dist_info()
-    info = {**info, **log_memory_estimate(run.model, cfg, model_cfg, run.dist.world_size, len(objective.roles))}
     n_examples = len(run.encoded[0])   # after dropping prompts that do not fit
-    schedule = build_schedule(n_examples, cfg, seed)
-    run.ddp, opt, sched = wrap_for_training(run.model, run.dist, lambda: make_optimizer(run.model, cfg, len(schedule)),
-                                            strategy, model_cfg.dtype, cfg.max_grad_norm)
     state = {"step": 0, "seconds": 0.0, "tokens": 0, "examples_seen": 0, "history": [],
              "fingerprint": fingerprint, "info": info}
     if ckpt is not None:
-        restore_checkpoint(ckpt, run.model, opt, sched, fp32, run.ddp)
+        restore_checkpoint(ckpt, run.model, run.opt, run.sched, is_sharded(run.ddp), run.ddp)
         state = {k: ckpt[k] for k in state if k != "info"} | {"info": info}
     start = state["step"]
-    state = _run_loop(run, opt, sched, schedule, state, checkpoint_dir, progress, on_log)
+    state = _run_loop(run, state, checkpoint_dir, progress, on_log)
     history = pd.DataFrame(state["history"])
     info = {**info, "steps_run": state["step"] - start}     # by this call (fewer when resumed)
     if sharded:   # rank 0: an unsharded copy for the final metrics and the export

@@ -17,6 +17,8 @@ data order and the step arithmetic are those of the other strategies. What chang
 - precision: float32 master weights and moments in DeepSpeed's optimizer; on CUDA with
   ``[model] dtype = "bfloat16"`` the model computes in bf16 (``bf16.enabled``); on CPU (gloo: the
   tests) everything is float32;
+- loading (:mod:`sso.training.sharded_load`): under ZeRO-3 on 2+ ranks the model is built under
+  ``zero.Init`` (:func:`zero_init`) and filled from rank 0, so no rank holds it whole;
 - after the last step rank 0 needs whole weights for the final metrics and the export: under
   ZeRO-2 its module already holds them; under ZeRO-3 every parameter is gathered once
   (:func:`gather_zero3`, a collective) into an unsharded copy (:func:`sso.training.sharding.materialize`).
@@ -55,12 +57,11 @@ def check_zero(strategy: str) -> None:
                           f"(or strategy = 'fsdp', PyTorch FSDP2, which needs nothing more)") from exc
 
 
-def deepspeed_config(stage: int, device: torch.device, model_dtype: str, world_size: int,
-                     max_grad_norm: float) -> dict:
+def deepspeed_config(stage: int, device: torch.device, model_dtype: str, max_grad_norm: float) -> dict:
     """The engine's config: ZeRO ``stage``, the trainer's own accumulation and AdamW (a client
     optimizer), clipping, bf16/fp16 compute on CUDA only."""
     conf = {
-        "train_batch_size": world_size, "train_micro_batch_size_per_gpu": 1,
+        "train_micro_batch_size_per_gpu": 1,        # train_batch_size: 1 x 1 x world, derived
         "gradient_accumulation_steps": 1,          # the trainer accumulates and marks the boundary
         "gradient_clipping": float(max_grad_norm) if max_grad_norm > 0 else 0.0,
         "zero_optimization": {"stage": stage},
@@ -90,23 +91,28 @@ def zero_engine(model, opt, strategy: str, model_dtype: str, max_grad_norm: floa
     import logging
 
     import deepspeed
-    import torch.distributed as dist
 
     from sso.training.distributed import LogpsModule
 
     device = next(model.parameters()).device
     _plain_gloo_on_cpu(device)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    conf = deepspeed_config(STAGES[strategy], device, model_dtype, dist.get_world_size(), max_grad_norm)
+    conf = deepspeed_config(STAGES[strategy], device, model_dtype, max_grad_norm)
     engine, _, _, _ = deepspeed.initialize(model=LogpsModule(model), optimizer=opt, config=conf,
                                            dist_init_required=False)
     return engine
 
 
-def zero_backward(engine, loss) -> None:
-    """``loss.backward()`` through the engine (ZeRO's hooks), not divided by DeepSpeed's
-    accumulation count (the trainer scales the loss itself)."""
-    engine.backward(loss, scale_wrt_gas=False)
+def zero_init(device: torch.device, model_dtype: str):
+    """``deepspeed.zero.Init`` for this run's ZeRO-3 engine: modules made inside it have their
+    parameters partitioned over the ranks as they are created, in the engine's dtype (bf16/fp16 on
+    CUDA as ``model_dtype`` asks, else float32; DeepSpeed 0.19 ignores an explicit ``dtype`` on
+    machines without fp16)."""
+    import deepspeed
+
+    _plain_gloo_on_cpu(device)
+    conf = deepspeed_config(3, device, model_dtype, 0.0)
+    return deepspeed.zero.Init(config_dict_or_path=conf)
 
 
 def zero_step(engine) -> torch.Tensor:

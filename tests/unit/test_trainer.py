@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import sso.training.trainer as trainer_mod
+import sso.training.checkpoints as checkpoints_mod
 from sso.training.adapters import read_adapter  # noqa: F401  (documents the adapter contract)
 from sso.generation.chat import render_prompt
 from sso.config import LoraConfig, ModelConfig, TrainConfig
@@ -316,13 +317,13 @@ def test_sso_summary_counts_capped_responses(tiny_model_path, triples):
 def test_finished_flags_change_the_checkpoint_fingerprint(pairs):
     from sso.training.objectives import DPO_OBJECTIVE
 
-    base = trainer_mod.run_fingerprint(DPO_OBJECTIVE, pairs, cfg(), MODEL_CFG, 0, None)
+    base = checkpoints_mod.run_fingerprint(DPO_OBJECTIVE, pairs, cfg(), MODEL_CFG, 0, None)
     capped = pairs.assign(rejected_finished=[i != 3 for i in range(len(pairs))])
-    assert trainer_mod.run_fingerprint(DPO_OBJECTIVE, capped, cfg(), MODEL_CFG, 0, None) != base
-    assert trainer_mod.run_fingerprint(DPO_OBJECTIVE, pairs.assign(rejected_finished=True), cfg(),
+    assert checkpoints_mod.run_fingerprint(DPO_OBJECTIVE, capped, cfg(), MODEL_CFG, 0, None) != base
+    assert checkpoints_mod.run_fingerprint(DPO_OBJECTIVE, pairs.assign(rejected_finished=True), cfg(),
                                        MODEL_CFG, 0, None) == base
     longer = ModelConfig(name="sso-tiny", dtype="float32", device="cpu", max_length=256)
-    assert trainer_mod.run_fingerprint(DPO_OBJECTIVE, pairs, cfg(), longer, 0, None) != base
+    assert checkpoints_mod.run_fingerprint(DPO_OBJECTIVE, pairs, cfg(), longer, 0, None) != base
 
 
 def _long_principle_rows(triples, rows: list[int]) -> pd.DataFrame:
