@@ -205,7 +205,7 @@ def retry_split(parts: list[list[int]], split: int, info: DistInfo) -> int | Non
 
 
 def release_cached_memory() -> None:
-    """Hand the CUDA caching allocator's free blocks back (after an out-of-memory error); a no-op on CPU."""
+    """Hand the CUDA caching allocator's free blocks back (after an out-of-memory error, after training); a no-op on CPU."""
     import torch
 
     if torch.cuda.is_available():

@@ -140,7 +140,7 @@ def _load_zero3(model, source) -> None:
 
 
 def load_for_training(model_path: str, cfg: TrainConfig, model_cfg: ModelConfig, seed: int, init_adapter,
-                      strategy: str, device: torch.device | None = None):
+                      strategy: str):
     """(model, FSDP2 root or None): the model to train as :func:`sso.training.policy.load_policy_model`
     loads it, or, for ``fsdp`` / ``zero3`` on 2+ ranks, loaded sharded (module docstring); under
     ``fsdp`` the returned root is the sharded scorer (``wrap_for_training(..., root=...)``)."""
@@ -152,12 +152,11 @@ def load_for_training(model_path: str, cfg: TrainConfig, model_cfg: ModelConfig,
 
     if not loads_sharded(strategy, dist_info().world_size):
         return load_policy_model(model_path, cfg, model_cfg, seed, init_adapter), None
-    device = device or pick_device(model_cfg.device)
-    load_dtype = "float32" if strategy == "fsdp" else model_cfg.dtype   # FSDP2: float32 master weights
-    dtype = pick_dtype(load_dtype, device)
+    device = pick_device(model_cfg.device)
+    dtype = pick_dtype("float32" if strategy == "fsdp" else model_cfg.dtype, device)   # FSDP2: float32 masters
     main = dist.get_rank() == 0
-    source = load_policy_model(model_path, cfg, dataclasses.replace(model_cfg, device="cpu", dtype=load_dtype), seed,
-                               init_adapter) if main else None
+    on_cpu = dataclasses.replace(model_cfg, device="cpu", dtype=str(dtype).removeprefix("torch."))  # "auto" resolved
+    source = load_policy_model(model_path, cfg, on_cpu, seed, init_adapter) if main else None
     if strategy == "fsdp":
         from sso.training.sharding import mixed_precision
 

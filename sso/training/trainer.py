@@ -378,6 +378,8 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
     state = _run_loop(run, state, checkpoint_dir, progress, on_log)
     history = pd.DataFrame(state["history"])
     info = {**info, "steps_run": state["step"] - start}     # by this call (fewer when resumed)
+    run.opt = run.sched = None          # AdamW's moments go before the final scoring and the export
+    release_cached_memory()
     if sharded:   # rank 0: an unsharded copy for the final metrics and the export
         run.model, run.ddp = materialize(run.model, lambda: load_policy_model(
             model_path, cfg, model_cfg, seed, init_adapter), run.ddp), None
