@@ -6,7 +6,8 @@
 A job (:func:`make_job`) is a dict: ``objective`` (dpo | sso | online_sso), ``table`` (the pairs or
 triples DataFrame), ``train_config`` / ``model_config`` (plain dicts, or the dataclasses),
 ``config_class`` (train | policy | generator: which dataclass the train config is),
-``model_path``, ``seed`` and optionally ``checkpoint_dir``, ``init_adapter``, ``resume_dirs``.
+``model_path``, ``seed`` and optionally ``checkpoint_dir``, ``init_adapter``, ``resume_dirs``,
+``micro_split``.
 Every rank starts the process group (:func:`sso.training.distributed.init_distributed`) and runs
 the trainer; rank 0 writes the result to ``--output``; with ``--rank-outputs`` each other rank
 writes its own (history only) to ``<output>.rank<r>``. :func:`torchrun_job` does the whole round
@@ -28,6 +29,10 @@ from typing import Any, Sequence
 from sso.config import GeneratorConfig, ModelConfig, PolicyConfig, TrainConfig
 from sso.config_rules import build_table, to_plain
 from sso.training.distributed import init_distributed, teardown, torchrun_command
+from sso.training.memory import RestartWithSplit
+
+#: a worker's exit status after writing ``<output>.restart`` (out of memory: restart the job)
+RESTART_EXIT = 75
 
 CONFIG_CLASSES = {"train": (TrainConfig, "policy"), "policy": (PolicyConfig, "policy"),
                   "generator": (GeneratorConfig, "generator")}
@@ -57,7 +62,8 @@ def run_job(job: dict):
     fn = {"dpo": trainer.train_dpo, "sso": trainer.train_sso, "online_sso": trainer.train_online}[job["objective"]]
     return fn(job["model_path"], job["table"], cfg, model_cfg, seed=job["seed"],
               checkpoint_dir=job.get("checkpoint_dir"), init_adapter=job.get("init_adapter"),
-              progress=job.get("progress", False), resume_dirs=tuple(job.get("resume_dirs", ())))
+              progress=job.get("progress", False), resume_dirs=tuple(job.get("resume_dirs", ())),
+              micro_split=job.get("micro_split", 1))
 
 
 def _write(obj, path: str) -> None:
@@ -84,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _write(result, args.output)
         elif args.rank_outputs:
             _write(result, f"{args.output}.rank{info.rank}")
+    except RestartWithSplit as exc:     # out of memory: torchrun_job restarts the job with exc.split
+        _write(exc.split, f"{args.output}.restart")
+        exit_now(RESTART_EXIT)          # no teardown: the other ranks wait in a collective; torchrun stops them
     finally:
         teardown()
     return 0
@@ -94,7 +103,8 @@ def torchrun_job(job: dict, nproc: int, workdir: str | None = None, *, rank_outp
                  launcher=None):
     """Run ``job`` on ``nproc`` local processes through torchrun and return rank 0's TrainResult
     (with ``rank_outputs``: the list of every rank's result). RuntimeError with the output tail
-    when torchrun fails.
+    when torchrun fails. On one node a job that ran out of memory is started again with halved
+    micro-batches (:func:`_run_restarting`; the summary counts ``oom_restarts``).
 
     ``launcher(args, nproc)``, when given, starts torchrun itself with the entry point's ``args``
     (on every node of a multi-node job, with that node's ``--nnodes/--node_rank/--master_addr``:
@@ -104,20 +114,44 @@ def torchrun_job(job: dict, nproc: int, workdir: str | None = None, *, rank_outp
         job_path, out = os.path.join(tmp, "job.pkl"), os.path.join(tmp, "result.pkl")
         _write(job, job_path)
         args = ["--input", job_path, "--output", out] + (["--rank-outputs"] if rank_outputs else [])
+        restarts = 0                  # after out-of-memory errors (one node: :func:`_run_restarting`)
         if launcher is not None:
             if not launcher(args, nproc):
                 return None
         else:
-            proc = subprocess.run(torchrun_command(nproc, args, master_port=master_port), capture_output=True,
-                                  text=True, timeout=timeout_s, env={**os.environ, **(env or {})})
-            if proc.returncode != 0:
-                raise RuntimeError(f"torchrun exited with {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
+            restarts = _run_restarting(job, job_path, out, torchrun_command(nproc, args, master_port=master_port),
+                                       timeout_s, {**os.environ, **(env or {})})
         paths = [out] + ([f"{out}.rank{r}" for r in range(1, nproc)] if rank_outputs else [])
         results = []
         for path in paths:
             with open(path, "rb") as fh:
                 results.append(pickle.load(fh))
+    if restarts:
+        results[0].summary["oom_restarts"] = restarts
     return results if rank_outputs else results[0]
+
+
+def _run_restarting(job: dict, job_path: str, out: str, cmd: list[str], timeout_s, env) -> int:
+    """Run torchrun until the job ends; after a rank ran out of memory (it wrote ``<out>.restart``:
+    :class:`sso.training.memory.RestartWithSplit`), again with the halved micro-batches, from the
+    job's last checkpoint when it has a ``checkpoint_dir``. Returns the number of restarts;
+    RuntimeError with the output tail when torchrun fails otherwise."""
+    log = logging.getLogger("sso.training")
+    restarts = 0
+    while True:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+        if proc.returncode == 0:
+            return restarts
+        if not os.path.exists(f"{out}.restart"):
+            raise RuntimeError(f"torchrun exited with {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}")
+        with open(f"{out}.restart", "rb") as fh:
+            job = {**job, "micro_split": pickle.load(fh)}
+        os.remove(f"{out}.restart")
+        restarts += 1
+        log.warning("train %s: out of memory under torchrun; restarting the job with every micro-batch in %d "
+                    "pieces (same rows per step, more accumulation)%s", job["objective"], job["micro_split"],
+                    ", from its last checkpoint" if job.get("checkpoint_dir") else ", from the start (no checkpoint_dir)")
+        _write(job, job_path)
 
 
 def free_port() -> int:

@@ -30,7 +30,8 @@ full-layer gather of zero3 / fsdp.
 
 When a step runs out of memory anyway, the trainer halves its micro-batches and doubles the
 accumulation (:func:`split_micro_batches`, :func:`retry_split`): the same rows make the same
-gradient, in more passes.
+gradient, in more passes. Under torchrun the job ends instead (:class:`RestartWithSplit`) and is
+started again with the halved micro-batches, from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -190,17 +191,26 @@ def split_micro_batches(micro_batches: list[list[int]], split: int) -> list[list
     return out
 
 
+class RestartWithSplit(RuntimeError):
+    """Out of memory under torchrun: the ranks cannot agree on a retry mid-step, so the job ends
+    and :func:`sso.training.launch.torchrun_job` starts it again with every micro-batch in
+    ``split`` pieces (from the last checkpoint when there is one)."""
+
+    def __init__(self, split: int):
+        super().__init__(f"out of memory: restart the job with micro-batches in {split} pieces")
+        self.split = split
+
+
 def retry_split(parts: list[list[int]], split: int, info: DistInfo) -> int | None:
     """After an out-of-memory error on micro-batches ``parts``: the doubled split to retry with
-    (logged), or None when there is nothing left to halve or the run is distributed (every rank
-    would have to agree mid-step)."""
+    (logged; distributed, the job is restarted with it), or None when there is nothing left to halve."""
     biggest = max(len(p) for p in parts)
-    if biggest <= 1 or info.active:
-        log.error("out of memory at micro-batch %d%s", biggest,
-                  " (distributed: lower batch_size)" if info.active else " (nothing left to halve)")
+    if math.ceil(biggest / info.world_size) <= 1:     # each rank already runs one row at a time
+        log.error("out of memory at micro-batch %d (nothing left to halve): set gradient_checkpointing = true, "
+                  "lower [model] max_length or shard with strategy = 'fsdp' / 'zero3'", biggest)
         return None
-    log.warning("out of memory at micro-batch %d: retrying with %d x %d accumulation", biggest,
-                math.ceil(biggest / 2), 2 * len(parts))
+    log.warning("out of memory at micro-batch %d: retrying with %d x %d accumulation%s", biggest,
+                math.ceil(biggest / 2), 2 * len(parts), " (the job restarts)" if info.active else "")
     return split * 2
 
 

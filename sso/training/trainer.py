@@ -46,7 +46,8 @@ from sso.config import ModelConfig, TrainConfig
 from sso.training.checkpoints import find_checkpoint, restore_checkpoint, run_fingerprint, save_training_checkpoint
 from sso.training.distributed import (DistInfo, accumulate_gradients, all_reduce_sum, check_strategy, dist_info,
                                       same_on_all_ranks, score_reference, wrap_for_training)
-from sso.training.memory import log_memory_estimate, release_cached_memory, retry_split, split_micro_batches
+from sso.training.memory import (RestartWithSplit, log_memory_estimate, release_cached_memory, retry_split,
+                                 split_micro_batches)
 from sso.training.objectives import DPO_OBJECTIVE, ONLINE_OBJECTIVE, SSO_OBJECTIVE, Objective, report_roles, validate_table
 from sso.training.policy import (autocast, export_adapter, load_policy_model, load_policy_tokenizer, model_device,
                                  reference_context)
@@ -83,7 +84,7 @@ class TrainResult:
 def train_dpo(model_path: str, pairs, cfg: TrainConfig, model_cfg: ModelConfig, *, seed: int,
               checkpoint_dir: str | None = None, init_adapter: dict[str, bytes] | None = None,
               progress: bool = True, on_log: OnLog | None = None,
-              resume_dirs: Sequence[str] = ()) -> TrainResult:
+              resume_dirs: Sequence[str] = (), micro_split: int = 1) -> TrainResult:
     """DPO (or IPO, ``cfg.loss``) with LoRA on ``pairs`` (columns prompt_text, chosen, rejected).
 
     ``prompt_text`` is the already-rendered chat prompt. Optional boolean columns
@@ -92,16 +93,18 @@ def train_dpo(model_path: str, pairs, cfg: TrainConfig, model_cfg: ModelConfig, 
     history row as it is logged (live cards, external loggers). ``checkpoint_dir``: where
     checkpoints are written and first looked for; ``resume_dirs``: earlier runs' checkpoint roots
     also searched (the origin run of a ``resume``; :func:`sso.training.checkpoints.find_checkpoint`).
+    ``micro_split``: every micro-batch runs in this many pieces from the start (a torchrun job
+    restarted after running out of memory: :func:`sso.training.launch.torchrun_job`).
     """
     return _train(DPO_OBJECTIVE, model_path, pairs, cfg, model_cfg, seed=seed,
                   checkpoint_dir=checkpoint_dir, init_adapter=init_adapter, progress=progress,
-                  on_log=on_log, resume_dirs=resume_dirs)
+                  on_log=on_log, resume_dirs=resume_dirs, micro_split=micro_split)
 
 
 def train_sso(model_path: str, triples, cfg: TrainConfig, model_cfg: ModelConfig, *, seed: int,
               checkpoint_dir: str | None = None, init_adapter: dict[str, bytes] | None = None,
               progress: bool = True, on_log: OnLog | None = None,
-              resume_dirs: Sequence[str] = ()) -> TrainResult:
+              resume_dirs: Sequence[str] = (), micro_split: int = 1) -> TrainResult:
     """SSO generator training (``L+ + lam * L-``) with LoRA on ``triples``.
 
     Columns: x_plus, x_minus (rendered prompts with the good/bad principle), y_plus, y_minus, y_o;
@@ -112,13 +115,13 @@ def train_sso(model_path: str, triples, cfg: TrainConfig, model_cfg: ModelConfig
     """
     return _train(SSO_OBJECTIVE, model_path, triples, cfg, model_cfg, seed=seed,
                   checkpoint_dir=checkpoint_dir, init_adapter=init_adapter, progress=progress,
-                  on_log=on_log, resume_dirs=resume_dirs)
+                  on_log=on_log, resume_dirs=resume_dirs, micro_split=micro_split)
 
 
 def train_online(model_path: str, triples, cfg: TrainConfig, model_cfg: ModelConfig, *, seed: int,
                  checkpoint_dir: str | None = None, init_adapter: dict[str, bytes] | None = None,
                  progress: bool = True, on_log: OnLog | None = None,
-                 resume_dirs: Sequence[str] = ()) -> TrainResult:
+                 resume_dirs: Sequence[str] = (), micro_split: int = 1) -> TrainResult:
     """The online SSO loss ``W * (L_main + theta * G)`` on the POLICY (``cfg.online`` options).
 
     Columns: prompt_text (plain rendered prompt), x_plus, x_minus, y_plus, y_minus, y_o, optional
@@ -127,7 +130,7 @@ def train_online(model_path: str, triples, cfg: TrainConfig, model_cfg: ModelCon
     """
     return _train(ONLINE_OBJECTIVE, model_path, triples, cfg, model_cfg, seed=seed,
                   checkpoint_dir=checkpoint_dir, init_adapter=init_adapter, progress=progress,
-                  on_log=on_log, resume_dirs=resume_dirs)
+                  on_log=on_log, resume_dirs=resume_dirs, micro_split=micro_split)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,6 +188,7 @@ def optimizer_step(run: TrainRun, opt, sched, micro_batches: list[list[int]]) ->
     (:func:`sso.training.distributed.accumulate_gradients`). Out of GPU memory (one process): the
     step restarts with every micro-batch halved, twice the accumulation, and so on for the rest of
     the run (:func:`sso.training.memory.retry_split`); the step's loss and gradient stay the same.
+    Distributed, :class:`~sso.training.memory.RestartWithSplit` ends the job for a restart.
     """
     n = sum(len(mb) for mb in micro_batches)
     while True:
@@ -192,11 +196,13 @@ def optimizer_step(run: TrainRun, opt, sched, micro_batches: list[list[int]]) ->
         try:
             sums, tokens = accumulate_gradients(run, parts, n)
             break
-        except torch.OutOfMemoryError:
+        except torch.OutOfMemoryError as exc:
             opt.zero_grad(set_to_none=True)
             split = retry_split(parts, run.micro_split, run.dist)
             if split is None:
                 raise
+            if run.dist.active:     # the ranks cannot agree mid-step: torchrun_job restarts the job
+                raise RestartWithSplit(split) from exc
         run.micro_split = split     # out of the except block: the failed pass's tensors are gone
         release_cached_memory()
     dev = next(iter(sums.values())).device
@@ -352,7 +358,7 @@ def _summary(run: TrainRun, state: dict, history, n_examples: int, info: dict) -
 
 def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model_cfg: ModelConfig, *,
            seed: int, checkpoint_dir: str | None, init_adapter, progress: bool,
-           on_log: OnLog | None = None, resume_dirs: Sequence[str] = ()) -> TrainResult:
+           on_log: OnLog | None = None, resume_dirs: Sequence[str] = (), micro_split: int = 1) -> TrainResult:
     import pandas as pd
 
     validate_table(table, objective, "pairs" if objective.name == "dpo" else "triples")
@@ -368,6 +374,7 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
     run, info = prepare_run(objective, model_path, table, cfg, model_cfg, seed, init_adapter, ckpt,
                             progress=progress, strategy=strategy)
     info = {**info, "checkpoint_note": note} if note else info
+    run.micro_split = micro_split
     n_examples = len(run.encoded[0])   # after dropping prompts that do not fit
     state = {"step": 0, "seconds": 0.0, "tokens": 0, "examples_seen": 0, "history": [],
              "fingerprint": fingerprint, "info": info}
@@ -377,7 +384,7 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
     start = state["step"]
     state = _run_loop(run, state, checkpoint_dir, progress, on_log)
     history = pd.DataFrame(state["history"])
-    info = {**info, "steps_run": state["step"] - start}     # by this call (fewer when resumed)
+    info = {**info, "steps_run": state["step"] - start, "micro_split": run.micro_split}   # steps by this call
     run.opt = run.sched = None          # AdamW's moments go before the final scoring and the export
     release_cached_memory()
     if sharded:   # rank 0: an unsharded copy for the final metrics and the export

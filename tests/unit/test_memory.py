@@ -107,7 +107,8 @@ def test_split_micro_batches_keeps_rows_and_order():
     assert split_micro_batches(mbs, 2) == [[5, 1, 4], [2, 3], [0], [6]]
     assert split_micro_batches(mbs, 8) == [[5], [1], [4], [2], [3], [0], [6]]
     assert retry_split([[1]], 4, DistInfo()) is None                     # nothing left to halve
-    assert retry_split([[1, 2]], 1, DistInfo(0, 2)) is None              # ranks cannot agree mid-step
+    assert retry_split([[1, 2, 3]], 1, DistInfo(0, 2)) == 2              # distributed: the job restarts with it
+    assert retry_split([[1, 2]], 1, DistInfo(0, 2)) is None              # one row per rank already
     assert retry_split([[1, 2]], 1, DistInfo()) == 2
 
 
@@ -148,3 +149,48 @@ def test_out_of_memory_on_single_rows_is_raised(tiny_model_path, pairs, monkeypa
     with pytest.raises(torch.OutOfMemoryError):
         train_dpo(tiny_model_path, pairs, TrainConfig(batch_size=2, max_steps=1), ModelConfig(device="cpu", max_length=96),
                   seed=0, progress=False)
+
+
+#: injected into rank 0 of a torchrun job (sitecustomize runs before anything else): out of memory
+#: when its training forward gets more than 2 sequences (its 2-row slice of a 4-row micro-batch x 2),
+#: from the forward numbered SSO_TEST_OOM_FROM on (1: the first)
+OOM_ON_RANK0 = '''
+import os
+if os.environ.get("RANK") == "0":
+    import torch
+    import sso.training.distributed as d
+    real, calls = d.sequence_logps, []
+    def flaky(model, batch):
+        calls.append(1)
+        if batch["input_ids"].shape[0] > 2 and len(calls) >= int(os.environ["SSO_TEST_OOM_FROM"]):
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(model, batch)
+    d.sequence_logps = flaky
+'''
+
+
+@pytest.mark.parametrize("oom_from, checkpoint", [(1, False), (3, True)])
+def test_out_of_memory_under_torchrun_restarts_the_job_with_half_micro_batches(tiny_model_path, pairs, tmp_path,
+                                                                                caplog, oom_from, checkpoint):
+    import os
+
+    from sso.training.launch import free_port, make_job, torchrun_job
+
+    c = TrainConfig(learning_rate=1e-2, batch_size=4, max_steps=3, warmup_ratio=0.0, log_every=1, checkpoint_every=1)
+    mcfg = ModelConfig(device="cpu", dtype="float32", max_length=96)
+    job = lambda d: make_job("dpo", pairs, c, mcfg, tiny_model_path, 0, checkpoint_dir=str(d) if checkpoint else None)  # noqa: E731
+    plain = torchrun_job(job(tmp_path / "plain"), 2, master_port=free_port(), timeout_s=300)
+    (tmp_path / "sitecustomize.py").write_text(OOM_ON_RANK0)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    with caplog.at_level(logging.WARNING, logger="sso.training"):
+        restarted = torchrun_job(job(tmp_path / "oom"), 2, master_port=free_port(), timeout_s=300,
+                                 env={"PYTHONPATH": path, "SSO_TEST_OOM_FROM": str(oom_from)})
+    assert "out of memory under torchrun; restarting the job with every micro-batch in 2 pieces" in caplog.text
+    assert restarted.summary["oom_restarts"] == 1 and restarted.summary["micro_split"] == 2
+    assert plain.summary["micro_split"] == 1 and "oom_restarts" not in plain.summary
+    if checkpoint:      # the third step ran out of memory: the restart resumes after the second
+        assert restarted.summary["resumed_from_step"] == 2 and restarted.summary["steps_run"] == 1
+    a, b = plain.history["loss"].tolist(), restarted.history["loss"].tolist()
+    print("2 processes:", a, "\nrestarted after OOM, micro-batches in 2:", b)
+    assert len(b) == 3 and b[0] == pytest.approx(a[0], rel=1e-6)          # the same rows, in more passes
+    assert b == pytest.approx(a, rel=1e-3) and abs(a[-1] - a[0]) > 1e-2
