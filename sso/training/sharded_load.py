@@ -19,9 +19,9 @@ Loading the whole model on every rank and sharding it afterwards puts, for an 8B
    (which gives every parameter its own storage).
 
 The reference log-probs are then scored through the sharded scorer
-(:func:`sso.training.distributed.score_reference` with ``scorer``), and after training rank 0
-still gathers an unsharded copy for the final metrics and the export
-(:func:`sso.training.sharding.materialize`).
+(:func:`sso.training.distributed.score_reference` with ``scorer``), as are the final metrics
+after training; rank 0 then gathers an unsharded copy into CPU memory for the logits probe and
+the export (:func:`sso.training.sharding.materialize`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,15 @@ SHARDED_STRATEGIES = ("fsdp", "zero3")
 def loads_sharded(strategy: str, world_size: int) -> bool:
     """Whether :func:`load_for_training` loads sharded: ``fsdp`` / ``zero3`` on 2+ ranks."""
     return strategy in SHARDED_STRATEGIES and world_size > 1
+
+
+def on_cpu(model_cfg: ModelConfig, dtype: torch.dtype | None = None) -> ModelConfig:
+    """``model_cfg`` loading into CPU memory, in ``dtype`` or in the dtype it has on its own device
+    (``"auto"`` resolved there: bf16 on a GPU, not the CPU's float32)."""
+    from sso.models.loading import pick_device, pick_dtype
+
+    dtype = dtype or pick_dtype(model_cfg.dtype, pick_device(model_cfg.device))
+    return dataclasses.replace(model_cfg, device="cpu", dtype=str(dtype).removeprefix("torch."))
 
 
 def skeleton(model_path: str, cfg: TrainConfig, model_cfg: ModelConfig, init_adapter, dtype: torch.dtype,
@@ -155,8 +164,7 @@ def load_for_training(model_path: str, cfg: TrainConfig, model_cfg: ModelConfig,
     device = pick_device(model_cfg.device)
     dtype = pick_dtype("float32" if strategy == "fsdp" else model_cfg.dtype, device)   # FSDP2: float32 masters
     main = dist.get_rank() == 0
-    on_cpu = dataclasses.replace(model_cfg, device="cpu", dtype=str(dtype).removeprefix("torch."))  # "auto" resolved
-    source = load_policy_model(model_path, cfg, on_cpu, seed, init_adapter) if main else None
+    source = load_policy_model(model_path, cfg, on_cpu(model_cfg, dtype), seed, init_adapter) if main else None
     if strategy == "fsdp":
         from sso.training.sharding import mixed_precision
 

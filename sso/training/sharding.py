@@ -20,9 +20,9 @@ What changes around the loop (:mod:`sso.training.trainer`):
 - checkpoints: :func:`gather_state` (a collective: every rank calls it) gives rank 0 the full
   trainable parameters and the optimizer state keyed by parameter name; rank 0 writes them, and a
   resumed run loads the same file on every rank (:func:`restore_state`);
-- after the last step, :func:`materialize` gathers the full weights into an unsharded copy on
-  rank 0, which computes the final metrics, the logits probe and the export, as a one-process run
-  does (the other ranks return).
+- after the last step every rank scores its share of the final metrics through the sharded root,
+  then :func:`materialize` gathers the full weights into an unsharded copy in rank 0's CPU
+  memory, which gives the logits probe and the export (the other ranks return).
 """
 
 from __future__ import annotations

@@ -52,9 +52,9 @@ from sso.training.objectives import DPO_OBJECTIVE, ONLINE_OBJECTIVE, SSO_OBJECTI
 from sso.training.policy import (autocast, export_adapter, load_policy_model, load_policy_tokenizer, model_device,
                                  reference_context)
 from sso.training.probe import compute_logits_probe
-from sso.training.reference import compute_onpolicyness, count_capped, encode_roles, fit_examples, score_all
+from sso.training.reference import compute_onpolicyness, count_capped, encode_roles, fit_examples
 from sso.training.schedule import build_schedule, lr_factor, steps_per_epoch
-from sso.training.sharded_load import load_for_training, loads_sharded
+from sso.training.sharded_load import load_for_training, loads_sharded, on_cpu
 from sso.training.sharding import clip_and_step, gather_state, is_sharded, materialize
 from sso.training.zero import is_zero
 from sso.training.scoring import Encoded, collate, pad_token_id, sequence_logps
@@ -332,14 +332,16 @@ def prepare_run(objective: Objective, model_path, table, cfg, model_cfg, seed, i
 
 
 @torch.no_grad()
-def _final_metrics(run: TrainRun, batch_size: int) -> dict[str, float]:
-    """Pair accuracies and margins on the whole training table, after training (eval mode)."""
-    logps, ntok, _ = score_all(run.model, run.encoded, run.max_length, run.pad_id, 2 * batch_size)
+def _final_metrics(run: TrainRun, scorer=None) -> dict[str, float]:
+    """Pair accuracies and margins on the whole training table, after training (eval mode), each
+    rank scoring its share (through ``scorer``, the sharded one, under fsdp / zero3)."""
+    logps, ntok, _ = score_reference(run.model, run.encoded, run.max_length, run.pad_id, 2 * run.cfg.batch_size,
+                                     scorer=scorer)
     _, metrics = run.objective.loss(logps, run.ref_logps, ntok, run.cfg)
     return {k: float(v.float().mean()) for k, v in metrics.items() if k.endswith(("accuracy", "margin"))}
 
 
-def _summary(run: TrainRun, state: dict, history, n_examples: int, info: dict) -> dict:
+def _summary(run: TrainRun, state: dict, history, n_examples: int, info: dict, final: dict) -> dict:
     """The run summary: counts (``examples`` = rows trained on, after drops), throughput, data and
     reference report (``n_dropped_prompt_too_long``, ``dropped_prompt_too_long_query_ids``,
     ``n_capped_responses``, on-policyness, ``truncated_sequences``), final metrics, logits probe."""
@@ -351,7 +353,7 @@ def _summary(run: TrainRun, state: dict, history, n_examples: int, info: dict) -
         "tokens": state["tokens"], "seconds": state["seconds"],
         "tokens_per_s": state["tokens"] / max(state["seconds"], 1e-9),
         "steps_per_s": state["step"] / max(state["seconds"], 1e-9),
-        **info, **_final_metrics(run, cfg.batch_size),
+        **info, **final,
         "logits_probe": compute_logits_probe(run.model),   # reload check for the exported adapter
     }
 
@@ -387,11 +389,12 @@ def _train(objective: Objective, model_path: str, table, cfg: TrainConfig, model
     info = {**info, "steps_run": state["step"] - start, "micro_split": run.micro_split}   # steps by this call
     run.opt = run.sched = None          # AdamW's moments go before the final scoring and the export
     release_cached_memory()
-    if sharded:   # rank 0: an unsharded copy for the final metrics and the export
+    final = _final_metrics(run, run.ddp if sharded else None)     # every rank scores its share
+    if sharded:   # rank 0: an unsharded copy in CPU memory for the logits probe and the export
         run.model, run.ddp = materialize(run.model, lambda: load_policy_model(
-            model_path, cfg, model_cfg, seed, init_adapter), run.ddp), None
+            model_path, cfg, on_cpu(model_cfg), seed, init_adapter), run.ddp), None
     if not run.dist.is_main:   # the same history on every rank; rank 0 alone exports
         return TrainResult(adapter={}, history=history, summary={"rank": run.dist.rank, "exported": False})
     info = {**info, "world_size": run.dist.world_size, "strategy": strategy if run.dist.active else "one process"}
-    summary = _summary(run, state, history, n_examples, info)
+    summary = _summary(run, state, history, n_examples, info, final)
     return TrainResult(adapter=export_adapter(run.model), history=history, summary=summary)

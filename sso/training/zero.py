@@ -19,9 +19,10 @@ data order and the step arithmetic are those of the other strategies. What chang
   tests) everything is float32;
 - loading (:mod:`sso.training.sharded_load`): under ZeRO-3 on 2+ ranks the model is built under
   ``zero.Init`` (:func:`zero_init`) and filled from rank 0, so no rank holds it whole;
-- after the last step rank 0 needs whole weights for the final metrics and the export: under
-  ZeRO-2 its module already holds them; under ZeRO-3 every parameter is gathered once
-  (:func:`gather_zero3`, a collective) into an unsharded copy (:func:`sso.training.sharding.materialize`).
+- after the last step the final metrics are scored on every rank (under ZeRO-3 through the
+  engine), and rank 0 needs whole weights for the logits probe and the export: under ZeRO-2 its
+  module already holds them; under ZeRO-3 every parameter is gathered once (:func:`gather_zero3`,
+  a collective) into an unsharded copy in CPU memory (:func:`sso.training.sharding.materialize`).
 
 Training checkpoints (``checkpoint_every``): every rank's ZeRO optimizer state (its partition of
 the float32 master weights and AdamW moments, DeepSpeed's own ``state_dict()``) is gathered to
