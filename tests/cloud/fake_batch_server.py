@@ -116,7 +116,9 @@ def patch_moto(batch_models, batch_responses) -> None:
     """What moto's Batch lacks for multi-node jobs: SubmitJob's nodeOverrides, DescribeJobs of a
     node (``<job id>#<node>``), and a multi-node job's exit code where Metaflow reads it (the
     attempt's container: a multi-node job has no container of its own)."""
-    submit, init = batch_responses.BatchResponse.submitjob, batch_models.Job.__init__
+    responses = batch_responses.BatchResponse
+    submit_name = "submit_job" if hasattr(responses, "submit_job") else "submitjob"   # renamed in moto 5.2.6
+    submit, init = getattr(responses, submit_name), batch_models.Job.__init__
     describe_jobs, describe = batch_models.BatchBackend.describe_jobs, batch_models.Job.describe
 
     def submitjob(self):
@@ -145,7 +147,7 @@ def patch_moto(batch_models, batch_responses) -> None:
             out.pop("container", None)
         return out
 
-    batch_responses.BatchResponse.submitjob = submitjob
+    setattr(responses, submit_name, submitjob)
     batch_models.Job.__init__ = job_init
     batch_models.BatchBackend.describe_jobs = backend_describe_jobs
     batch_models.Job.describe = job_describe
