@@ -115,8 +115,7 @@ def run_job(args, strategy: str, mode: str) -> list[dict]:
            "--device", args.device, "--dtype", args.dtype]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode != 0:
-        Path("/tmp/bench_fail.log").write_text(done.stdout + "\n----\n" + done.stderr)
-        sys.exit(f"{strategy}/{mode} failed:\n{done.stderr[-6000:]}")
+        sys.exit(f"{strategy}/{mode} failed:\n{done.stderr[-3000:]}")
     return [json.loads(line[7:]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
 
 

@@ -225,10 +225,11 @@ def score_reference(model, encoded, max_length: int, pad_id: int, seqs_per_batch
     if not info.active:
         return score_all(model, encoded, max_length, pad_id, seqs_per_batch, progress_desc, scorer=scorer)
     batches = length_sorted_batches(encoded, seqs_per_batch)
-    n_calls = -(-len(batches) // info.world_size) if scorer is not None else 0
+    mine = batches[info.rank::info.world_size]
+    extra = -(-len(batches) // info.world_size) - len(mine) if scorer is not None and batches else 0
     logps, ntok, n_truncated = score_all(model, encoded, max_length, pad_id, seqs_per_batch,
                                          progress_desc if info.is_main else None,
-                                         batches=batches[info.rank::info.world_size], n_calls=n_calls, scorer=scorer)
+                                         batches=mine + batches[:1] * extra, discard=extra, scorer=scorer)
     packed = all_reduce_sum(torch.cat([logps.flatten(), ntok.flatten(), torch.tensor([float(n_truncated)])]))
     k, n = len(encoded), len(encoded[0])
     return packed[: k * n].view(k, n), packed[k * n: 2 * k * n].view(k, n), int(packed[-1])

@@ -208,8 +208,6 @@ def exit_now(code: int) -> None:
     interpreter's shutdown: after FSDP2 collectives on gloo, that shutdown aborts the process
     now and then ("terminate called without an active exception", SIGABRT: measured in 4 of 20
     two-process runs here, 0 of 20 with this exit), which torchrun reports as a failed job."""
-    import logging
-
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

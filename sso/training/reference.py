@@ -81,34 +81,34 @@ def length_sorted_batches(encoded: list[list[Encoded]], seqs_per_batch: int) -> 
 @torch.no_grad()
 def score_all(model, encoded: list[list[Encoded]], max_length: int, pad_id: int,
               seqs_per_batch: int, progress_desc: str | None = None, *,
-              batches: list[list[tuple[int, int]]] | None = None, n_calls: int = 0,
+              batches: list[list[tuple[int, int]]] | None = None, discard: int = 0,
               scorer=None) -> tuple[Tensor, Tensor, int]:
     """Summed log-probs and token counts ``[k, N]`` of every sequence (model as it is, no grad),
     and the number of sequences truncated to ``max_length``.
 
     All k*N sequences are length-sorted and scored ``seqs_per_batch`` at a time (little padding,
     bounded memory whatever the number of roles). ``progress_desc``: show progress under that name.
-    ``batches``: score only these (:func:`length_sorted_batches`; the others stay 0); ``n_calls``:
-    run at least this many forwards (a sharded scorer needs every rank in each one: the extra ones
-    score the first batch again and are discarded). ``scorer(batch)``: the forward to call (a
+    ``batches``: score only these (:func:`length_sorted_batches`; the others stay 0), the last
+    ``discard`` of them only run (a sharded scorer needs every rank in each forward) and their
+    results are dropped. ``scorer(batch)``: the forward to call (a
     sharded scorer of ``model``) instead of ``sequence_logps(model, batch)``.
     """
     from sso.progress import progress_bar
 
     k, n = len(encoded), len(encoded[0]) if encoded else 0
     batches = length_sorted_batches(encoded, seqs_per_batch) if batches is None else batches
-    bar = progress_bar(sum(map(len, batches)), progress_desc or "", unit="seq", enabled=progress_desc is not None)
+    bar = progress_bar(sum(map(len, batches[:len(batches) - discard])), progress_desc or "", unit="seq", enabled=progress_desc is not None)
     logps, ntok = torch.zeros(k, n, dtype=torch.float32), torch.zeros(k, n, dtype=torch.float32)
     n_truncated = 0
     was_training = model.training
     model.eval()
     try:
-        for j in range(max(len(batches), n_calls)):
-            rows, cols = zip(*(batches[j] if j < len(batches) else length_sorted_batches(encoded, seqs_per_batch)[0]))
+        for j, part in enumerate(batches):
+            rows, cols = zip(*part)
             batch = collate([encoded[r][i] for r, i in zip(rows, cols)], max_length, pad_id)
             with autocast(model_device(model)):
                 s, c = scorer(batch) if scorer is not None else sequence_logps(model, batch)
-            if j >= len(batches):
+            if j >= len(batches) - discard:
                 continue
             logps[list(rows), list(cols)] = s.float().cpu()
             ntok[list(rows), list(cols)] = c.float().cpu()
